@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Idempotent set-up, run first by scripts/run.sh and scripts/test.sh (and so by .ci/run).
+#
+#  1. Debian packages: OpenBLAS/LAPACK for ndarray-linalg, Fashion-MNIST, and the build tools.
+#  2. A project-local virtualenv `.venv` with the pinned Python peers from requirements.txt
+#     (torch 2.13.0 is the libtorch that tch 0.26 links against).
+#  3. `.venv/torch`, a stable symlink to the wheel's `site-packages/torch`; `.cargo/config.toml`
+#     points LIBTORCH at it, and build scripts bake its `lib/` into the binaries' rpath.
+#
+# Quick (about a second) when everything is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+log() { [ -n "${QUIET_SETUP:-}" ] || echo "setup: $*" >&2; }
+
+# --- 1. Debian packages ----------------------------------------------------------------------
+APT_PKGS=(libopenblas-dev dataset-fashion-mnist pkg-config gcc g++ make)
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  APT_PKGS+=(python3-venv)
+fi
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=sudo
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- 2. virtualenv with the pinned peers -----------------------------------------------------
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating .venv with the pinned Python peers (torch is a large download; about a minute)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+# --- 3. stable libtorch path -----------------------------------------------------------------
+torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
+if [ "$(readlink .venv/torch 2>/dev/null)" != "$torch_dir" ]; then
+  ln -sfn "$torch_dir" .venv/torch
+fi
+[ -f .venv/torch/lib/libtorch_cpu.so ] || { echo "setup: $torch_dir/lib/libtorch_cpu.so missing; delete .venv and rerun" >&2; exit 1; }
+log "ready (libtorch at $ROOT/.venv/torch -> $torch_dir)"
