@@ -1,2 +1,6 @@
 //! # netgen — from a GBTD configuration to ResNet / ResNeXt / CRU-Net networks
 pub use tch;
+pub mod arch;
+pub mod count;
+pub mod table;
+pub mod nn;

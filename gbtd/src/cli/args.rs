@@ -1,0 +1,196 @@
+//! Command-line arguments (clap derive) and the one-line rendering of usage errors.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  gbtd info resnet50.safetensors
+  gbtd decompose kernel.npy --method tucker2 --rank 64,64 --out k.safetensors
+  gbtd decompose model.safetensors --tensor layer1.0.conv2.weight --method btd --terms 8 --rank 8,8
+  gbtd decompose x.npz --tensor x --method cp --rank 32 --max-iter 200 --tol 1e-10 --json
+  gbtd reconstruct k.safetensors --out k_hat.npy
+
+Files: .npy (one array), .npz (--tensor NAME unless it holds one array), .safetensors (--tensor NAME
+unless it holds one tensor). Conv kernels use the PyTorch layout (out, in, kh, kw).";
+
+const DECOMPOSE_HELP: &str = "\
+Methods and ranks (ranks are listed in the order of the factorized modes):
+  tucker   HOOI on every mode:               --rank r0,r1,...,r(N-1)
+  tucker2  partial Tucker on modes 0,1:       --rank out,in   (a conv kernel's channel modes, paper Eq. 6)
+  cp       CP-ALS on every mode:              --rank R
+  btd      R block terms; on a 4-D kernel the channel modes 0,1 (spatial modes kept whole, paper
+           Eq. 5/6), otherwise every mode:    --terms R --rank out*,in*
+  --modes m0,m1,... overrides the factorized modes of tucker, tucker2 and btd.
+
+Reported: relative error ||X - X_hat|| / ||X|| (recomputed from the reconstruction), parameters before
+(elements of X) and after (cores + factors + weights), compression = before / after, sweeps run and
+the seconds spent in the decomposition itself (file I/O excluded).
+
+Examples:
+  gbtd decompose kernel.npy --method tucker2 --rank 64,64 --out k.safetensors
+  gbtd decompose w.safetensors --tensor conv.weight --method btd --terms 8 --rank 8,8 --json
+  gbtd decompose x.npy --method tucker --rank 10,10,10 --max-iter 20 --tol 0 --quiet";
+
+/// Tensor decompositions (Tucker, Tucker-2, CP, block terms) of tensors in .npy, .npz and
+/// .safetensors files.
+#[derive(Debug, Parser)]
+#[command(name = "gbtd", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decompose a tensor and report its relative error and compression; optionally save the factors.
+    #[command(after_help = DECOMPOSE_HELP)]
+    Decompose(DecomposeArgs),
+    /// Rebuild the tensor from a factors file written by `decompose --out`.
+    #[command(after_help = "Example:\n  gbtd reconstruct k.safetensors --out k_hat.npy")]
+    Reconstruct(ReconstructArgs),
+    /// List the tensors of a .npy, .npz or .safetensors file (name, dtype, shape) and its metadata.
+    #[command(after_help = "Example:\n  gbtd info resnet50.safetensors")]
+    Info(InfoArgs),
+}
+
+/// `--method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// HOOI Tucker on every mode (or --modes).
+    Tucker,
+    /// Partial Tucker on modes 0,1 (a conv kernel's output and input channels).
+    Tucker2,
+    /// CP (PARAFAC) by ALS.
+    Cp,
+    /// Block term decomposition (partial on the channel modes of a 4-D kernel).
+    Btd,
+}
+
+/// `--init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitArg {
+    /// Leading singular vectors of the unfoldings.
+    Svd,
+    /// Seeded Gaussian factors (see --seed).
+    Random,
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    /// f64 for float64 input, f32 for float32/float16/bfloat16 input.
+    Auto,
+    /// Single precision.
+    F32,
+    /// Double precision.
+    F64,
+}
+
+/// Arguments of `gbtd decompose`.
+#[derive(Debug, Args)]
+pub struct DecomposeArgs {
+    /// Input tensor file (.npy, .npz or .safetensors).
+    pub input: PathBuf,
+    /// Name of the tensor in a .npz or .safetensors file holding several.
+    #[arg(long, value_name = "NAME")]
+    pub tensor: Option<String>,
+    /// Decomposition method.
+    #[arg(long, value_enum)]
+    pub method: MethodArg,
+    /// Ranks, comma-separated, one per factorized mode in mode order (one number R for cp).
+    #[arg(long, value_name = "a,b,..")]
+    pub rank: Option<String>,
+    /// Number of block terms R (btd only).
+    #[arg(long, value_name = "R")]
+    pub terms: Option<usize>,
+    /// Factorized modes, comma-separated (tucker, tucker2, btd); default depends on the method.
+    #[arg(long, value_name = "m,n,..")]
+    pub modes: Option<String>,
+    /// Maximum number of ALS / HOOI sweeps.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_iter: usize,
+    /// Stop when the relative error changes by less than T between sweeps (0: run all sweeps).
+    #[arg(long, value_name = "T", default_value_t = 1e-8, allow_negative_numbers = true)]
+    pub tol: f64,
+    /// Initialisation.
+    #[arg(long, value_enum, default_value_t = InitArg::Svd)]
+    pub init: InitArg,
+    /// Seed of the random initialisation (and of CP's random columns beyond a dimension).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Precision of the computation.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub dtype: DtypeArg,
+    /// Write the factors to this .safetensors file (atomically).
+    #[arg(long, value_name = "FACTORS.safetensors")]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (the result is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `gbtd reconstruct`.
+#[derive(Debug, Args)]
+pub struct ReconstructArgs {
+    /// Factors file written by `gbtd decompose --out`.
+    pub factors: PathBuf,
+    /// Output .npy file (written atomically).
+    #[arg(long, value_name = "X.npy")]
+    pub out: PathBuf,
+    /// Print nothing on success.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `gbtd info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A .npy, .npz or .safetensors file.
+    pub file: PathBuf,
+}
+
+/// Reports a command-line parsing error on one line (`error: ...`) and returns exit status 2;
+/// `--help` and `--version` print as usual and succeed.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let text = e.render().to_string();
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+                })
+                .collect();
+            let mut line = parts.join(" ");
+            if !line.starts_with("error:") {
+                line = format!("error: {line}");
+            }
+            let is_sub = |s: &str| std::env::args().nth(1).as_deref() == Some(s);
+            let help = match () {
+                _ if is_sub("decompose") => "gbtd decompose --help",
+                _ if is_sub("reconstruct") => "gbtd reconstruct --help",
+                _ if is_sub("info") => "gbtd info --help",
+                _ => "gbtd --help",
+            };
+            eprintln!("{line} (see `{help}`)");
+            ExitCode::from(2)
+        }
+    }
+}

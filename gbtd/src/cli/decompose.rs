@@ -1,0 +1,437 @@
+//! `gbtd decompose`: read a tensor, check the method's ranks and modes against its shape, run the
+//! decomposition with a progress bar, report, and optionally save the factors.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::ArrayD;
+use serde::Serialize;
+
+use gbtd::Real;
+use gbtd::btd::{BtdOptions, btd_with_progress};
+use gbtd::cp::{CpOptions, parafac_with_progress};
+use gbtd::io::{self, AnyTensor, Decomposition, FactorsFile, Method};
+use gbtd::options::{Init, IterOptions};
+use gbtd::tensor::relative_error;
+use gbtd::tucker::{TuckerOptions, tucker_with_progress};
+
+use super::args::{DecomposeArgs, DtypeArg, InitArg, MethodArg};
+use super::report;
+
+/// What to compute: the method, the factorized modes with their ranks, and the number of terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The method.
+    pub method: Method,
+    /// Factorized modes (all modes for CP).
+    pub modes: Vec<usize>,
+    /// One rank per factorized mode (`[R]` for CP).
+    pub ranks: Vec<usize>,
+    /// Block terms (BTD), rank-one terms (CP), or 1 (Tucker).
+    pub terms: usize,
+}
+
+/// Parses a comma-separated list of non-negative integers given to `flag`.
+fn parse_list(s: &str, flag: &str, example: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|part| {
+            let p = part.trim();
+            p.parse::<usize>().map_err(|_| {
+                anyhow!(
+                    "{flag} '{s}': '{p}' is not a non-negative integer; give comma-separated integers such as {example}"
+                )
+            })
+        })
+        .collect()
+}
+
+fn method_of(m: MethodArg) -> Method {
+    match m {
+        MethodArg::Tucker => Method::Tucker,
+        MethodArg::Tucker2 => Method::Tucker2,
+        MethodArg::Cp => Method::Cp,
+        MethodArg::Btd => Method::Btd,
+    }
+}
+
+/// Derives and checks the plan for a tensor of `shape` (every check that can be made before
+/// the decomposition starts, each with its own message).
+pub fn plan(args: &DecomposeArgs, shape: &[usize]) -> Result<Plan> {
+    let method = method_of(args.method);
+    let n = shape.len();
+    if args.terms.is_some() && method != Method::Btd {
+        bail!("--terms applies to --method btd only; for {method} drop it");
+    }
+    if args.modes.is_some() && method == Method::Cp {
+        bail!("--modes does not apply to --method cp, which factorizes every mode");
+    }
+    let Some(rank) = &args.rank else {
+        let example = match method {
+            Method::Cp => "--rank 32".to_string(),
+            Method::Tucker2 | Method::Btd if n >= 2 => "--rank 64,64".to_string(),
+            _ => format!("--rank {}", list_of(n, 8)),
+        };
+        bail!("--rank is required for --method {method} (for example {example})");
+    };
+    let ranks = parse_list(rank, "--rank", "64,64")?;
+    if ranks.contains(&0) {
+        bail!("--rank '{rank}': ranks must be at least 1");
+    }
+    if method == Method::Cp {
+        if ranks.len() != 1 {
+            bail!(
+                "--method cp takes a single rank R (the number of rank-one terms, e.g. --rank 32), got {} values",
+                ranks.len()
+            );
+        }
+        if n < 2 {
+            bail!("--method cp needs a tensor of order >= 2, the input has shape {shape:?}");
+        }
+        return Ok(Plan {
+            method,
+            modes: (0..n).collect(),
+            ranks: ranks.clone(),
+            terms: ranks[0],
+        });
+    }
+    let modes = match &args.modes {
+        Some(m) => parse_list(m, "--modes", "0,1")?,
+        None => match method {
+            Method::Tucker2 => vec![0, 1],
+            Method::Btd if n == 4 => vec![0, 1],
+            _ => (0..n).collect(),
+        },
+    };
+    if method == Method::Tucker2 && modes.len() != 2 {
+        bail!(
+            "--method tucker2 factorizes exactly two modes, --modes gives {}",
+            modes.len()
+        );
+    }
+    for (i, &m) in modes.iter().enumerate() {
+        if m >= n {
+            bail!("mode {m} does not exist: the input has {n} modes (shape {shape:?})");
+        }
+        if modes[..i].contains(&m) {
+            bail!("--modes lists mode {m} twice");
+        }
+    }
+    if ranks.len() != modes.len() {
+        bail!(
+            "--rank '{rank}' gives {} ranks but --method {method} factorizes {} modes ({}) of the input of shape {shape:?}; give one rank per mode, e.g. --rank {}",
+            ranks.len(),
+            modes.len(),
+            report::list(&modes),
+            report::list(&modes.iter().map(|&m| shape[m].min(8)).collect::<Vec<_>>())
+        );
+    }
+    for (&m, &r) in modes.iter().zip(&ranks) {
+        if r > shape[m] {
+            bail!(
+                "--rank '{rank}': rank {r} of mode {m} exceeds that mode's dimension {} (shape {shape:?})",
+                shape[m]
+            );
+        }
+    }
+    let terms = match method {
+        Method::Btd => match args.terms {
+            Some(0) => bail!("--terms must be at least 1"),
+            Some(t) => t,
+            None => bail!("--method btd needs --terms R, the number of block terms (for example --terms 8)"),
+        },
+        _ => 1,
+    };
+    Ok(Plan {
+        method,
+        modes,
+        ranks,
+        terms,
+    })
+}
+
+fn list_of(n: usize, v: usize) -> String {
+    vec![v.to_string(); n.max(1)].join(",")
+}
+
+/// Checks `--out` before any work: a `.safetensors` name in an existing directory, not the input.
+fn check_out(out: &Path, input: &Path) -> Result<()> {
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some("safetensors") {
+        bail!(
+            "--out {}: factors are written as .safetensors; use a name ending in .safetensors",
+            out.display()
+        );
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--out {}: directory {} does not exist",
+            out.display(),
+            dir.display()
+        );
+    }
+    if let (Ok(a), Ok(b)) = (out.canonicalize(), input.canonicalize())
+        && a == b
+    {
+        bail!("--out {} is the input file; choose another name", out.display());
+    }
+    Ok(())
+}
+
+/// The JSON report (`--json`).
+#[derive(Debug, Serialize)]
+struct Report {
+    method: &'static str,
+    input: String,
+    tensor: Option<String>,
+    shape: Vec<usize>,
+    input_dtype: String,
+    dtype: &'static str,
+    modes: Vec<usize>,
+    ranks: Vec<usize>,
+    terms: usize,
+    init: &'static str,
+    seed: u64,
+    max_iter: usize,
+    tol: f64,
+    rel_error: f64,
+    params_before: usize,
+    params_after: usize,
+    compression: f64,
+    iterations: usize,
+    converged: bool,
+    seconds: f64,
+    error_history: Vec<f64>,
+    out: Option<String>,
+}
+
+/// Result of the typed part of the run.
+struct Outcome {
+    rel_error: f64,
+    params_after: usize,
+    iterations: usize,
+    converged: bool,
+    seconds: f64,
+    history: Vec<f64>,
+}
+
+/// Runs `gbtd decompose`.
+pub fn run(args: &DecomposeArgs) -> Result<()> {
+    if !(args.tol.is_finite() && args.tol >= 0.0) {
+        bail!(
+            "--tol {}: the tolerance must be a finite number >= 0 (0 runs all --max-iter sweeps)",
+            args.tol
+        );
+    }
+    if let Some(out) = &args.out {
+        check_out(out, &args.input)?;
+    }
+    let input = io::read_tensor(&args.input, args.tensor.as_deref())?;
+    let shape = input.data.shape().to_vec();
+    let plan = plan(args, &shape)?;
+    let use_f64 = match args.dtype {
+        DtypeArg::Auto => matches!(input.data, AnyTensor::F64(_)),
+        DtypeArg::F32 => false,
+        DtypeArg::F64 => true,
+    };
+    let outcome = if use_f64 {
+        run_typed(input.data.to_real::<f64>(), &plan, args)?
+    } else {
+        run_typed(input.data.to_real::<f32>(), &plan, args)?
+    };
+    let params_before = shape.iter().product::<usize>();
+    let report = Report {
+        method: plan.method.as_str(),
+        input: args.input.display().to_string(),
+        tensor: args
+            .tensor
+            .clone()
+            .or((!input.name.is_empty()).then(|| input.name.clone())),
+        shape,
+        input_dtype: input.dtype.to_string(),
+        dtype: if use_f64 { "f64" } else { "f32" },
+        modes: plan.modes.clone(),
+        ranks: plan.ranks.clone(),
+        terms: plan.terms,
+        init: match args.init {
+            InitArg::Svd => "svd",
+            InitArg::Random => "random",
+        },
+        seed: args.seed,
+        max_iter: args.max_iter,
+        tol: args.tol,
+        rel_error: outcome.rel_error,
+        params_before,
+        params_after: outcome.params_after,
+        compression: params_before as f64 / outcome.params_after.max(1) as f64,
+        iterations: outcome.iterations,
+        converged: outcome.converged,
+        seconds: outcome.seconds,
+        error_history: outcome.history,
+        out: args.out.as_ref().map(|p| p.display().to_string()),
+    };
+    print_report(&report, args.json).context("cannot write to standard output")
+}
+
+fn print_report(r: &Report, json: bool) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        let text = serde_json::to_string(r).map_err(std::io::Error::other)?;
+        use std::io::Write;
+        writeln!(out, "{text}")?;
+        return Ok(());
+    }
+    let source = match &r.tensor {
+        Some(t) => format!("'{t}' in {}", r.input),
+        None => r.input.clone(),
+    };
+    use std::io::Write;
+    writeln!(
+        out,
+        "{} of {source} ({}, {}; computed in {})",
+        r.method,
+        report::shape(&r.shape),
+        r.input_dtype,
+        r.dtype
+    )?;
+    let terms = match r.method {
+        "btd" => format!(", {} terms", r.terms),
+        _ => String::new(),
+    };
+    let mut rows = vec![
+        (
+            "ranks",
+            format!(
+                "{} on modes {}{terms}",
+                report::list(&r.ranks),
+                report::list(&r.modes)
+            ),
+        ),
+        ("relative error", report::error(r.rel_error)),
+        ("params before", report::count(r.params_before)),
+        ("params after", report::count(r.params_after)),
+        ("compression", format!("{:.2}×", r.compression)),
+        (
+            "iterations",
+            format!(
+                "{} of {} ({})",
+                r.iterations,
+                r.max_iter,
+                if r.converged { "converged" } else { "not converged" }
+            ),
+        ),
+        ("seconds", format!("{:.3}", r.seconds)),
+    ];
+    if let Some(o) = &r.out {
+        rows.push(("factors", o.clone()));
+    }
+    report::table(&mut out, &rows)
+}
+
+/// Decomposes `x` in precision `T`, timing only the library call, then measures the error on the
+/// reconstruction and writes the factors.
+fn run_typed<T: Real>(x: ArrayD<T>, plan: &Plan, args: &DecomposeArgs) -> Result<Outcome> {
+    let iter = IterOptions {
+        n_iter_max: args.max_iter,
+        tol: args.tol,
+        seed: args.seed,
+    };
+    let init = || match args.init {
+        InitArg::Svd => Init::<T>::Svd,
+        InitArg::Random => Init::<T>::Random,
+    };
+    let bar = progress_bar(args.quiet, args.max_iter, plan.method);
+    let tick = |sweep: usize, err: f64| {
+        bar.set_position(sweep as u64);
+        bar.set_message(format!("rel. error {}", report::error(err)));
+    };
+    let xv = x.view();
+    let start = Instant::now();
+    let result = match plan.method {
+        Method::Tucker | Method::Tucker2 => {
+            let opts = TuckerOptions {
+                rank: plan.ranks.clone(),
+                modes: Some(plan.modes.clone()),
+                iter,
+                init: init(),
+            };
+            tucker_with_progress(&xv, &opts, tick).map(Decomposition::Tucker)
+        }
+        Method::Cp => {
+            let opts = CpOptions {
+                rank: plan.terms,
+                iter,
+                init: init(),
+            };
+            parafac_with_progress(&xv, &opts, tick).map(Decomposition::Cp)
+        }
+        Method::Btd => {
+            let opts = BtdOptions {
+                terms: plan.terms,
+                rank: plan.ranks.clone(),
+                modes: Some(plan.modes.clone()),
+                iter,
+                init: init(),
+            };
+            btd_with_progress(&xv, &opts, tick).map(Decomposition::Btd)
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let decomposition = result.with_context(|| format!("{} failed", plan.method))?;
+    let rebuilt = decomposition.reconstruct().context("reconstruction failed")?;
+    let rel_error = relative_error(&xv, &rebuilt.view())?;
+    let conv = decomposition.convergence().clone();
+    let params_after = decomposition.n_params();
+    if let Some(out) = &args.out {
+        let mut info = BTreeMap::new();
+        info.insert("source".to_string(), args.input.display().to_string());
+        if let Some(t) = &args.tensor {
+            info.insert("tensor".to_string(), t.clone());
+        }
+        info.insert("rel_error".to_string(), format!("{rel_error:e}"));
+        info.insert("iterations".to_string(), conv.iterations.to_string());
+        info.insert("converged".to_string(), conv.converged.to_string());
+        info.insert(
+            "generator".to_string(),
+            format!("gbtd {}", env!("CARGO_PKG_VERSION")),
+        );
+        let file = FactorsFile {
+            method: plan.method,
+            shape: x.shape().to_vec(),
+            decomposition,
+            info,
+        };
+        io::write_factors(out, &file)?;
+    }
+    Ok(Outcome {
+        rel_error,
+        params_after,
+        iterations: conv.iterations,
+        converged: conv.converged,
+        seconds,
+        history: conv.errors,
+    })
+}
+
+fn progress_bar(quiet: bool, max_iter: usize, method: Method) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(max_iter as u64);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} sweeps, {msg} ({elapsed})")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(method.as_str());
+    bar
+}

@@ -1,0 +1,611 @@
+//! End-to-end tests of the `gbtd` binary: `decompose` → `reconstruct` round trips for every method
+//! on fixtures written here (ndarray-npy for .npy/.npz, the safetensors crate for .safetensors),
+//! the reported error and parameter counts checked against values recomputed in the test, and every
+//! bad input answered by one `error:` line, a non-zero status and no output file.
+//! The binary runs with `LD_LIBRARY_PATH` removed (gbtd must not need it).
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::{Array2, ArrayD, IxDyn};
+use ndarray_npy::{NpzWriter, read_npy, write_npy};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde_json::Value;
+
+fn gbtd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gbtd"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run gbtd")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "gbtd failed: {}", stderr(o));
+    stdout(o)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn randn(shape: &[usize], seed: u64) -> ArrayD<f64> {
+    let mut g = gbtd::random::rng(seed);
+    gbtd::random::randn::<f64>(shape, &mut g)
+}
+
+fn mat(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
+    randn(&[rows, cols], seed).into_dimensionality().unwrap()
+}
+
+/// `‖a − b‖ / ‖a‖`, computed here.
+fn rel_err(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = a.iter().map(|x| x * x).sum();
+    (num / den).sqrt()
+}
+
+/// `G ×_0 A ×_1 B` for a 4-D `G` by explicit sums: an exact Tucker-2 term.
+fn tucker2_term(g: &ArrayD<f64>, a: &Array2<f64>, b: &Array2<f64>) -> ArrayD<f64> {
+    let (o, i) = (a.nrows(), b.nrows());
+    let (kh, kw) = (g.shape()[2], g.shape()[3]);
+    ArrayD::from_shape_fn(IxDyn(&[o, i, kh, kw]), |ix| {
+        let mut v = 0.0;
+        for p in 0..a.ncols() {
+            for q in 0..b.ncols() {
+                v += g[[p, q, ix[2], ix[3]]] * a[[ix[0], p]] * b[[ix[1], q]];
+            }
+        }
+        v
+    })
+}
+
+struct Run {
+    json: Value,
+    rebuilt: ArrayD<f64>,
+}
+
+/// `decompose --json --out F` then `reconstruct F --out R.npy`; returns the report and R.
+fn decompose_and_rebuild(dir: &Path, input: &Path, extra: &[&str], tag: &str) -> Run {
+    let factors = dir.join(format!("{tag}.safetensors"));
+    let rebuilt = dir.join(format!("{tag}.npy"));
+    let mut args = vec!["decompose", s(input), "--json", "--out", s(&factors)];
+    args.extend_from_slice(extra);
+    let out = gbtd(&args);
+    let text = ok(&out);
+    assert!(stderr(&out).is_empty(), "stderr not empty: {}", stderr(&out));
+    assert_eq!(text.lines().count(), 1, "one JSON object on one line: {text}");
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let msg = ok(&gbtd(&["reconstruct", s(&factors), "--out", s(&rebuilt)]));
+    assert!(msg.contains("wrote"), "{msg}");
+    let rebuilt = match read_npy::<_, ArrayD<f64>>(&rebuilt) {
+        Ok(a) => a,
+        Err(_) => read_npy::<_, ArrayD<f32>>(&rebuilt).unwrap().mapv(|v| v as f64),
+    };
+    Run { json, rebuilt }
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+fn uint(v: &Value, key: &str) -> usize {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {v}")) as usize
+}
+
+fn check_report(run: &Run, x: &ArrayD<f64>, params_after: usize, max_iter: usize, tol_err: f64) {
+    let j = &run.json;
+    let recomputed = rel_err(x, &run.rebuilt);
+    let reported = num(j, "rel_error");
+    assert!(
+        (reported - recomputed).abs() <= tol_err * recomputed.max(1e-300) + 1e-12,
+        "reported {reported} vs recomputed {recomputed}"
+    );
+    assert_eq!(uint(j, "params_before"), x.len());
+    assert_eq!(uint(j, "params_after"), params_after);
+    let compression = num(j, "compression");
+    assert!((compression - x.len() as f64 / params_after as f64).abs() < 1e-9);
+    let iters = uint(j, "iterations");
+    assert!(iters <= max_iter);
+    assert_eq!(j["error_history"].as_array().unwrap().len(), iters + 1);
+    assert!(num(j, "seconds") >= 0.0);
+    assert!(j["converged"].is_boolean());
+}
+
+#[test]
+fn every_method_round_trips_through_a_factors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shape = [8usize, 6, 3, 3];
+    let x = randn(&shape, 11);
+    let input = d.join("kernel.npy");
+    write_npy(&input, &x).unwrap();
+    let (o, i, k) = (8, 6, 9);
+
+    let run = decompose_and_rebuild(
+        d,
+        &input,
+        &["--method", "tucker2", "--rank", "3,2", "--max-iter", "5"],
+        "t2",
+    );
+    check_report(&run, &x, 3 * 2 * k + o * 3 + i * 2, 5, 1e-9);
+    assert_eq!(run.json["method"], "tucker2");
+    assert_eq!(run.json["modes"], serde_json::json!([0, 1]));
+    assert_eq!(run.json["ranks"], serde_json::json!([3, 2]));
+    assert_eq!(run.json["dtype"], "f64");
+
+    let run = decompose_and_rebuild(
+        d,
+        &input,
+        &["--method", "tucker", "--rank", "3,2,2,3", "--max-iter", "4"],
+        "t",
+    );
+    check_report(&run, &x, 3 * 2 * 2 * 3 + o * 3 + i * 2 + 3 * 2 + 3 * 3, 4, 1e-9);
+
+    let run = decompose_and_rebuild(
+        d,
+        &input,
+        &["--method", "cp", "--rank", "4", "--max-iter", "7", "--tol", "0"],
+        "cp",
+    );
+    check_report(&run, &x, 4 * (o + i + 3 + 3) + 4, 7, 1e-9);
+    assert_eq!(uint(&run.json, "iterations"), 7, "tol 0 runs every sweep");
+    assert_eq!(run.json["converged"], false);
+
+    let run = decompose_and_rebuild(
+        d,
+        &input,
+        &[
+            "--method",
+            "btd",
+            "--terms",
+            "2",
+            "--rank",
+            "2,2",
+            "--max-iter",
+            "4",
+        ],
+        "btd",
+    );
+    check_report(&run, &x, 2 * (2 * 2 * k + o * 2 + i * 2), 4, 1e-9);
+    assert_eq!(uint(&run.json, "terms"), 2);
+}
+
+#[test]
+fn exact_low_rank_kernels_are_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Exact Tucker-2 of rank (2,3) and exact sum of two block terms of rank (2,2), built here.
+    let g = randn(&[2, 3, 3, 3], 1);
+    let x_t2 = tucker2_term(&g, &mat(7, 2, 2), &mat(5, 3, 3));
+    let p = d.join("t2.npy");
+    write_npy(&p, &x_t2).unwrap();
+    let run = decompose_and_rebuild(d, &p, &["--method", "tucker2", "--rank", "2,3"], "t2");
+    assert!(num(&run.json, "rel_error") < 1e-10, "{}", run.json);
+    assert!(rel_err(&x_t2, &run.rebuilt) < 1e-10);
+
+    let x_btd = &tucker2_term(&randn(&[2, 2, 3, 3], 4), &mat(9, 2, 5), &mat(8, 2, 6))
+        + &tucker2_term(&randn(&[2, 2, 3, 3], 7), &mat(9, 2, 8), &mat(8, 2, 9));
+    let p = d.join("btd.npy");
+    write_npy(&p, &x_btd).unwrap();
+    let run = decompose_and_rebuild(
+        d,
+        &p,
+        &[
+            "--method",
+            "btd",
+            "--terms",
+            "2",
+            "--rank",
+            "2,2",
+            "--max-iter",
+            "300",
+            "--tol",
+            "1e-14",
+        ],
+        "btd",
+    );
+    assert!(rel_err(&x_btd, &run.rebuilt) < 1e-6, "{}", run.json);
+
+    // Exact rank-3 CP tensor: Σ_r a_r ∘ b_r ∘ c_r.
+    let (a, b, c) = (mat(6, 3, 10), mat(5, 3, 11), mat(4, 3, 12));
+    let x_cp = ArrayD::from_shape_fn(IxDyn(&[6, 5, 4]), |ix| {
+        (0..3)
+            .map(|r| a[[ix[0], r]] * b[[ix[1], r]] * c[[ix[2], r]])
+            .sum::<f64>()
+    });
+    let p = d.join("cp.npy");
+    write_npy(&p, &x_cp).unwrap();
+    let run = decompose_and_rebuild(
+        d,
+        &p,
+        &[
+            "--method",
+            "cp",
+            "--rank",
+            "3",
+            "--max-iter",
+            "500",
+            "--tol",
+            "1e-15",
+        ],
+        "cp",
+    );
+    assert!(rel_err(&x_cp, &run.rebuilt) < 1e-6, "{}", run.json);
+}
+
+#[test]
+fn npz_and_safetensors_inputs_by_name_and_f32_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = randn(&[6, 5, 3, 3], 21);
+    let x32 = x.mapv(|v| v as f32);
+
+    let npz = d.join("w.npz");
+    let mut w = NpzWriter::new(File::create(&npz).unwrap());
+    w.add_array("bias", &randn(&[6], 1)).unwrap();
+    w.add_array("weight", &x).unwrap();
+    w.finish().unwrap();
+    let run = decompose_and_rebuild(
+        d,
+        &npz,
+        &["--tensor", "weight", "--method", "tucker2", "--rank", "2,2"],
+        "npz",
+    );
+    check_report(&run, &x, 2 * 2 * 9 + 6 * 2 + 5 * 2, 100, 1e-9);
+    assert_eq!(run.json["tensor"], "weight");
+
+    let st = d.join("w.safetensors");
+    let bytes: Vec<u8> = x32.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let other = vec![0u8; 4 * 6];
+    let views = vec![
+        (
+            "layer.weight",
+            TensorView::new(Dtype::F32, vec![6, 5, 3, 3], &bytes).unwrap(),
+        ),
+        (
+            "layer.bias",
+            TensorView::new(Dtype::F32, vec![6], &other).unwrap(),
+        ),
+    ];
+    std::fs::write(&st, safetensors::serialize(views, None).unwrap()).unwrap();
+    let run = decompose_and_rebuild(
+        d,
+        &st,
+        &[
+            "--tensor",
+            "layer.weight",
+            "--method",
+            "cp",
+            "--rank",
+            "3",
+            "--max-iter",
+            "10",
+        ],
+        "st",
+    );
+    let x32_64 = x32.mapv(|v| v as f64);
+    // Computed and stored in f32: the report matches the f32 rebuild to f32 accuracy.
+    check_report(&run, &x32_64, 3 * (6 + 5 + 3 + 3) + 3, 10, 1e-5);
+    assert_eq!(run.json["dtype"], "f32");
+    assert_eq!(run.json["input_dtype"], "f32");
+    let factors = std::fs::read(d.join("st.safetensors")).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&factors).unwrap();
+    assert!(parsed.iter().all(|(_, v)| v.dtype() == Dtype::F32));
+    assert!(
+        read_npy::<_, ArrayD<f32>>(d.join("st.npy")).is_ok(),
+        "f32 factors rebuild as f32"
+    );
+
+    // --dtype f64 computes an f32 input in double precision.
+    let out = ok(&gbtd(&[
+        "decompose",
+        s(&st),
+        "--tensor",
+        "layer.weight",
+        "--method",
+        "cp",
+        "--rank",
+        "3",
+        "--max-iter",
+        "10",
+        "--dtype",
+        "f64",
+        "--json",
+    ]));
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["dtype"], "f64");
+    assert!((num(&j, "rel_error") - num(&run.json, "rel_error")).abs() < 1e-3);
+}
+
+#[test]
+fn human_output_is_a_table_and_info_lists_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = randn(&[6, 4, 3, 3], 5);
+    let p = d.join("k.npy");
+    write_npy(&p, &x).unwrap();
+    let out = gbtd(&[
+        "decompose",
+        s(&p),
+        "--method",
+        "tucker2",
+        "--rank",
+        "3,2",
+        "--max-iter",
+        "3",
+    ]);
+    let text = ok(&out);
+    // Not a terminal: the progress bar draws nothing.
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    for label in [
+        "relative error",
+        "params before",
+        "params after",
+        "compression",
+        "iterations",
+        "seconds",
+    ] {
+        assert!(text.contains(label), "missing '{label}' in:\n{text}");
+    }
+    assert!(text.contains(&format!("{}", 6 * 4 * 9)), "{text}");
+    // Values are aligned in one column.
+    let cols: Vec<usize> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            // Start of the value: the first non-space after the label's two-space gap.
+            let label_start = l.len() - l.trim_start().len();
+            let gap = label_start + l[label_start..].find("  ").unwrap();
+            gap + l[gap..].find(|c: char| c != ' ').unwrap()
+        })
+        .collect();
+    assert!(cols.windows(2).all(|w| w[0] == w[1]), "{text}");
+
+    let st = d.join("f.safetensors");
+    ok(&gbtd(&[
+        "decompose",
+        s(&p),
+        "--method",
+        "btd",
+        "--terms",
+        "2",
+        "--rank",
+        "2,2",
+        "--out",
+        s(&st),
+        "-q",
+    ]));
+    let info = ok(&gbtd(&["info", s(&st)]));
+    for name in [
+        "term.0.core",
+        "term.1.factor.0",
+        "term.1.factor.1",
+        "gbtd.factors",
+        "[6,4,3,3]",
+    ] {
+        assert!(info.contains(name), "missing {name} in:\n{info}");
+    }
+    let info = ok(&gbtd(&["info", s(&p)]));
+    assert!(info.contains("[6, 4, 3, 3]") && info.contains("<f8"), "{info}");
+}
+
+/// Runs a failing command: non-zero status, exactly one `error:` line, no panic, no output.
+fn expect_failure(args: &[&str], outputs: &[&PathBuf], needle: &str) {
+    let out = gbtd(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line:\n{err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
+    assert!(stdout(&out).is_empty(), "{args:?}: stdout {}", stdout(&out));
+    for p in outputs {
+        assert!(!p.exists(), "{args:?} left {}", p.display());
+    }
+}
+
+#[test]
+fn bad_input_gives_one_error_line_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = randn(&[6, 4, 3, 3], 8);
+    let k = d.join("k.npy");
+    write_npy(&k, &x).unwrap();
+    let mut bad = x.clone();
+    bad[[1, 2, 0, 1]] = f64::NAN;
+    let nan = d.join("nan.npy");
+    write_npy(&nan, &bad).unwrap();
+    let npz = d.join("two.npz");
+    let mut w = NpzWriter::new(File::create(&npz).unwrap());
+    w.add_array("w", &x).unwrap();
+    w.add_array("b", &randn(&[6], 2)).unwrap();
+    w.finish().unwrap();
+    let txt = d.join("k.txt");
+    std::fs::write(&txt, "1 2 3").unwrap();
+    let corrupt = d.join("corrupt.npy");
+    let bytes = std::fs::read(&k).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
+    let out = d.join("out.safetensors");
+    let o = &[&out];
+    let (ks, ns, zs) = (s(&k), s(&nan), s(&npz));
+    let outs = s(&out);
+    let missing = d.join("missing.npy");
+
+    fn with_out<'a>(extra: &[&'a str], out: &'a str) -> Vec<&'a str> {
+        let mut v = vec!["decompose"];
+        v.extend_from_slice(extra);
+        v.extend_from_slice(&["--out", out]);
+        v
+    }
+    expect_failure(
+        &with_out(&[s(&missing), "--method", "cp", "--rank", "2"], outs),
+        o,
+        "missing.npy",
+    );
+    expect_failure(
+        &with_out(&[s(&txt), "--method", "cp", "--rank", "2"], outs),
+        o,
+        "unknown file type",
+    );
+    expect_failure(
+        &with_out(&[zs, "--tensor", "kernel", "--method", "cp", "--rank", "2"], outs),
+        o,
+        "'w', 'b'",
+    );
+    expect_failure(
+        &with_out(&[zs, "--method", "cp", "--rank", "2"], outs),
+        o,
+        "--tensor",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "tucker2", "--rank", "3,x"], outs),
+        o,
+        "'x'",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "tucker2", "--rank", "3,5"], outs),
+        o,
+        "exceeds",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "tucker2", "--rank", "3,0"], outs),
+        o,
+        "at least 1",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "tucker", "--rank", "3,3"], outs),
+        o,
+        "one rank per mode",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "cp", "--rank", "3,3"], outs),
+        o,
+        "single rank",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "tucker2"], outs),
+        o,
+        "--rank is required",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "btd", "--rank", "2,2"], outs),
+        o,
+        "--terms",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "cp", "--rank", "2", "--terms", "2"], outs),
+        o,
+        "--terms",
+    );
+    expect_failure(
+        &with_out(
+            &[ks, "--method", "tucker", "--rank", "2,2", "--modes", "0,7"],
+            outs,
+        ),
+        o,
+        "mode 7",
+    );
+    expect_failure(
+        &with_out(&[ns, "--method", "tucker2", "--rank", "2,2"], outs),
+        o,
+        "NaN",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "svd", "--rank", "2"], outs),
+        o,
+        "invalid value 'svd'",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "cp", "--rank", "2", "--tol", "-1"], outs),
+        o,
+        "--tol",
+    );
+    expect_failure(
+        &with_out(&[s(&corrupt), "--method", "cp", "--rank", "2"], outs),
+        o,
+        "truncated",
+    );
+    expect_failure(
+        &with_out(&[ks, "--method", "cp", "--rank", "2", "--tensor", "w"], outs),
+        o,
+        "--tensor",
+    );
+    let npy_out = d.join("out.npy");
+    expect_failure(
+        &[
+            "decompose",
+            ks,
+            "--method",
+            "cp",
+            "--rank",
+            "2",
+            "--out",
+            s(&npy_out),
+        ],
+        &[&npy_out],
+        ".safetensors",
+    );
+    let deep = d.join("no/such/dir/f.safetensors");
+    expect_failure(
+        &[
+            "decompose",
+            ks,
+            "--method",
+            "cp",
+            "--rank",
+            "2",
+            "--out",
+            s(&deep),
+        ],
+        &[&deep],
+        "does not exist",
+    );
+
+    // reconstruct: not a factors file, a plain safetensors file, a missing file.
+    let rec = d.join("rec.npy");
+    let r = &[&rec];
+    expect_failure(&["reconstruct", ks, "--out", s(&rec)], r, ".safetensors");
+    let plain = d.join("plain.safetensors");
+    let data = vec![0u8; 16];
+    let views = vec![("w", TensorView::new(Dtype::F32, vec![4], &data).unwrap())];
+    std::fs::write(&plain, safetensors::serialize(views, None).unwrap()).unwrap();
+    expect_failure(
+        &["reconstruct", s(&plain), "--out", s(&rec)],
+        r,
+        "gbtd decompose --out",
+    );
+    expect_failure(
+        &["reconstruct", s(&d.join("nope.safetensors")), "--out", s(&rec)],
+        r,
+        "nope.safetensors",
+    );
+    expect_failure(&["info", s(&d.join("nope.npz"))], &[], "nope.npz");
+
+    // Nothing but the fixtures is left in the directory (no temporary files either).
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "corrupt.npy",
+            "k.npy",
+            "k.txt",
+            "nan.npy",
+            "plain.safetensors",
+            "two.npz"
+        ]
+    );
+}

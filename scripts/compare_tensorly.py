@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Time `gbtd decompose` against TensorLy 0.10 on the same tensors (issue 3, "Performance").
+
+Cases (every tensor float64, generated with a fixed seed and written as .npy):
+
+  tucker2-kernel  Tucker-2 (partial Tucker on modes 0,1), rank (128,128), of a (512,512,3,3) kernel, 10 iterations
+  cp-kernel       CP rank 64 of a (256,256,3,3) kernel, 25 iterations
+  tucker-lowrank  Tucker rank (10,10,10) of a 100^3 low-rank-plus-noise tensor, 20 iterations
+  cp-lowrank      CP rank 10 of a 100^3 low-rank-plus-noise tensor, 100 iterations
+
+The kernels are i.i.d. normal with He scaling (std sqrt(2 / fan_in)), like freshly initialised conv
+weights. The low-rank tensors are an exact Tucker (resp. CP) tensor of the target rank plus Gaussian
+noise of 10% of its norm.
+
+TensorLy runs `partial_tucker`, `tucker` and `parafac` with init='svd', tol=0 and a fixed
+n_iter_max (random_state=0 where it fills columns beyond a mode's dimension). gbtd runs
+`gbtd decompose FILE --method ... --rank ... --max-iter N --tol 0 --init svd --json --quiet` with the
+release binary, which is (re)built with `cargo build --release -p gbtd` unless --no-build.
+
+Times are decomposition time only: TensorLy is timed around the call (time.perf_counter), gbtd
+reports the time around its library call in the JSON field `seconds` (file reading and writing
+excluded on both sides). With --repeat K each side runs K times and the fastest run counts. Both
+relative errors ||X - X_hat|| / ||X|| are recomputed here by numpy from the reconstructions
+(TensorLy's via tl.tucker_to_tensor / cp_to_tensor / multi_mode_dot, gbtd's via
+`gbtd reconstruct FACTORS --out X.npy`).
+
+Threads: both sides run with the same BLAS thread count: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
+MKL_NUM_THREADS are set to --threads (default: the number of CPUs) before numpy is imported, and the
+gbtd child process inherits the same environment. On some machines OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE are set (older OpenBLAS builds misbehave without them); they can slow numpy's
+OpenBLAS. They are left as found by default, for both sides alike, and reported in the header; with
+--unset-openblas-coretype the script re-executes itself with both removed, again for both sides.
+
+Exit status: 0 when every gbtd relative error is within 1% (relative) of TensorLy's, 1 otherwise or
+when a run fails. The speed target of the issue (gbtd >= 5x faster) is reported, not enforced.
+
+Usage: .venv/bin/python scripts/compare_tensorly.py [--threads N] [--repeat K] [--cases a,b]
+       [--workdir DIR] [--gbtd PATH] [--no-build] [--unset-openblas-coretype]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASE_NAMES = ["tucker2-kernel", "cp-kernel", "tucker-lowrank", "cp-lowrank"]
+SPEED_TARGET = 5.0
+ERROR_SLACK = 0.01
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads for both sides")
+    p.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest counts")
+    p.add_argument("--cases", default=",".join(CASE_NAMES), help="comma-separated subset of " + ",".join(CASE_NAMES))
+    p.add_argument("--workdir", default=None, help="where the .npy files go (default: a temporary directory)")
+    p.add_argument("--gbtd", default=None, help="gbtd binary (default: target/release/gbtd, built if needed)")
+    p.add_argument("--no-build", action="store_true", help="do not run cargo build")
+    p.add_argument(
+        "--unset-openblas-coretype",
+        action="store_true",
+        help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for both sides",
+    )
+    args = p.parse_args()
+    for c in args.cases.split(","):
+        if c not in CASE_NAMES:
+            p.error(f"unknown case '{c}'; choose from {', '.join(CASE_NAMES)}")
+    if args.threads < 1 or args.repeat < 1:
+        p.error("--threads and --repeat must be >= 1")
+    return args
+
+
+ARGS = parse_args()
+
+# The environment must be fixed before numpy (and its OpenBLAS) is loaded.
+_want = {k: str(ARGS.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+_drop = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if ARGS.unset_openblas_coretype else ()
+if any(os.environ.get(k) != v for k, v in _want.items()) or any(k in os.environ for k in _drop):
+    env = dict(os.environ)
+    env.update(_want)
+    for k in _drop:
+        env.pop(k, None)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorly as tl  # noqa: E402
+from tensorly.decomposition import parafac, partial_tucker, tucker  # noqa: E402
+from tensorly.tenalg import multi_mode_dot  # noqa: E402
+
+
+# TensorLy's SVD init warns that a CP rank above a mode's dimension is truncated there (it then fills
+# the remaining columns randomly, as gbtd does); expected for CP 64 of a kernel with 3x3 spatial modes.
+warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
+
+
+def rel_error(x, y):
+    return float(np.linalg.norm((x - y).ravel()) / np.linalg.norm(x.ravel()))
+
+
+def orth(rng, n, r):
+    q, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return q
+
+
+def make_tensor(case, rng):
+    if case == "tucker2-kernel":
+        return rng.standard_normal((512, 512, 3, 3)) * np.sqrt(2.0 / (512 * 9))
+    if case == "cp-kernel":
+        return rng.standard_normal((256, 256, 3, 3)) * np.sqrt(2.0 / (256 * 9))
+    if case == "tucker-lowrank":
+        core = rng.standard_normal((10, 10, 10))
+        x = multi_mode_dot(core, [orth(rng, 100, 10) for _ in range(3)])
+    else:
+        x = tl.cp_to_tensor((np.ones(10), [rng.standard_normal((100, 10)) for _ in range(3)]))
+    noise = rng.standard_normal(x.shape)
+    return x + 0.1 * np.linalg.norm(x) / np.linalg.norm(noise) * noise
+
+
+# (label, gbtd method, gbtd rank list, iterations)
+CASES = {
+    "tucker2-kernel": ("Tucker-2 (128,128) of (512,512,3,3)", "tucker2", "128,128", 10),
+    "cp-kernel": ("CP 64 of (256,256,3,3)", "cp", "64", 25),
+    "tucker-lowrank": ("Tucker (10,10,10) of 100^3", "tucker", "10,10,10", 20),
+    "cp-lowrank": ("CP 10 of 100^3", "cp", "10", 100),
+}
+
+
+def run_tensorly(case, x):
+    _, _, rank, n_iter = CASES[case]
+    ranks = [int(r) for r in rank.split(",")]
+    t0 = time.perf_counter()
+    if case == "tucker2-kernel":
+        (core, factors), _ = partial_tucker(x, rank=ranks, modes=[0, 1], n_iter_max=n_iter, init="svd", tol=0)
+        secs = time.perf_counter() - t0
+        rec = multi_mode_dot(core, factors, modes=[0, 1])
+    elif case == "tucker-lowrank":
+        t = tucker(x, rank=ranks, n_iter_max=n_iter, init="svd", tol=0)
+        secs = time.perf_counter() - t0
+        rec = tl.tucker_to_tensor(t)
+    else:
+        cp = parafac(x, rank=ranks[0], n_iter_max=n_iter, init="svd", tol=0, random_state=0)
+        secs = time.perf_counter() - t0
+        rec = tl.cp_to_tensor(cp)
+    return secs, rel_error(x, rec)
+
+
+def run_gbtd(gbtd, case, path, workdir):
+    _, method, rank, n_iter = CASES[case]
+    factors = os.path.join(workdir, case + ".factors.safetensors")
+    cmd = [gbtd, "decompose", path, "--method", method, "--rank", rank, "--max-iter", str(n_iter),
+           "--tol", "0", "--init", "svd", "--seed", "0", "--json", "--quiet", "--out", factors]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()}")
+    report = json.loads(res.stdout)
+    rec_path = os.path.join(workdir, case + ".rec.npy")
+    res = subprocess.run([gbtd, "reconstruct", factors, "--out", rec_path, "--quiet"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"gbtd reconstruct failed: {res.stderr.strip()}")
+    return report, np.load(rec_path)
+
+
+def find_gbtd():
+    if ARGS.gbtd:
+        return ARGS.gbtd
+    target = os.path.join(ROOT, "target")
+    gbtd = os.path.join(target, "release", "gbtd")
+    if not ARGS.no_build:
+        env = dict(os.environ, CARGO_TARGET_DIR=target)
+        print("building: cargo build --release -p gbtd", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-p", "gbtd"], cwd=ROOT, env=env, check=True)
+    if not os.path.exists(gbtd):
+        sys.exit(f"error: {gbtd} not found; build it with `cargo build --release -p gbtd` or pass --gbtd")
+    return gbtd
+
+
+def main():
+    gbtd = find_gbtd()
+    workdir = ARGS.workdir or tempfile.mkdtemp(prefix="gbtd-vs-tensorly-")
+    os.makedirs(workdir, exist_ok=True)
+    env_desc = ", ".join(
+        f"{k}={os.environ.get(k, '(unset)')}"
+        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    )
+    print(f"TensorLy {tl.__version__}, numpy {np.__version__}; gbtd {gbtd}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"environment (both sides): {env_desc}; float64; best of {ARGS.repeat}")
+    print(f"{os.cpu_count()} CPUs, load average {load} (timings are only comparable on an otherwise idle machine)")
+    header = f"{'case':<38} {'iters':>5} {'TensorLy s':>11} {'gbtd s':>9} {'speedup':>8} " \
+             f"{'TensorLy err':>13} {'gbtd err':>13} {'err diff':>9}"
+    print(header)
+    print("-" * len(header))
+    failed = False
+    for i, case in enumerate(ARGS.cases.split(",")):
+        rng = np.random.default_rng(1000 + CASE_NAMES.index(case))
+        x = make_tensor(case, rng)
+        path = os.path.join(workdir, case + ".npy")
+        np.save(path, x)
+        label, _, _, n_iter = CASES[case]
+        try:
+            tl_runs = [run_tensorly(case, x) for _ in range(ARGS.repeat)]
+            g_runs = [run_gbtd(gbtd, case, path, workdir) for _ in range(ARGS.repeat)]
+        except Exception as e:  # report and go on with the other cases
+            print(f"{label:<38} FAILED: {e}")
+            failed = True
+            continue
+        tl_secs = min(s for s, _ in tl_runs)
+        tl_err = tl_runs[0][1]
+        g_secs = min(r["seconds"] for r, _ in g_runs)
+        report, rec = g_runs[0]
+        g_err = rel_error(x, rec)
+        if abs(g_err - report["rel_error"]) > 1e-6 * max(g_err, 1e-12) + 1e-12:
+            print(f"warning: {case}: gbtd's JSON rel_error {report['rel_error']:.9g} differs from the recomputed {g_err:.9g}")
+        diff = (g_err - tl_err) / tl_err
+        ok = g_err <= tl_err * (1 + ERROR_SLACK)
+        failed |= not ok
+        speed = tl_secs / g_secs if g_secs > 0 else float("inf")
+        flag = "" if ok else "  <-- error more than 1% worse"
+        print(f"{label:<38} {n_iter:>5} {tl_secs:>11.3f} {g_secs:>9.3f} {speed:>7.1f}x "
+              f"{tl_err:>13.6e} {g_err:>13.6e} {diff:>+9.2%}{flag}")
+    print("-" * len(header))
+    print(f"speedup = TensorLy s / gbtd s (target >= {SPEED_TARGET:g}x); err diff = (gbtd - TensorLy) / TensorLy "
+          f"(fails above +{ERROR_SLACK:.0%})")
+    if not ARGS.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
