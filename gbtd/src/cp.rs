@@ -16,13 +16,22 @@
 //! (column normalisation: all the scale sits in `w`, which does not change the iterates of
 //! unnormalised ALS).
 //!
-//! The MTTKRPs never form an unfolding: `X` (C order) is viewed as a matrix `X_{L×R'}` whose rows
-//! run over the first modes `0..s` and columns over the last modes `s..N` (`s` balancing the two
-//! sides). One GEMM `W_L = X_{L×R'} · (A_s ⊙ ⋯ ⊙ A_{N-1})` serves the MTTKRPs of all first modes
-//! (the last factors do not change while they are updated): `M_n` is `W_L`, viewed as a tensor
-//! `(d_0, …, d_{s-1}, R)`, contracted with the columns of the other first factors. A second GEMM
-//! `W_R = X_{L×R'}ᵀ · (A_0 ⊙ ⋯ ⊙ A_{s-1})` with the new first factors serves the last modes. So
-//! a sweep reads `X` twice whatever `N` is.
+//! The MTTKRPs never form an unfolding, and each product with `X` serves several updates (the
+//! factors it involves do not change in between), so the iterates are exactly those of plain ALS:
+//! - **Order 3 with every `d_n ≥ R`** (cyclic reuse, a multi-sweep dimension tree after Ma &
+//!   Solomonik 2021): right after `A_p` is updated, `C = X ×_p A_p` (`Σ_{i_p} X[…, i_p, …] A_p[i_p, r]`,
+//!   no larger than `X`) is formed once; it serves the next two updates, each `M_n` being `C`
+//!   contracted with the columns of the third factor. A sweep reads `X` 1.5 times.
+//! - **Otherwise** (balanced split): `X` (C order) is viewed as a matrix `X_{L×R'}` whose rows run
+//!   over the first modes `0..s` and columns over the last modes `s..N` (`s` balancing the two
+//!   sides). One GEMM `W_L = X_{L×R'} · (A_s ⊙ ⋯ ⊙ A_{N-1})` serves the MTTKRPs of all first modes:
+//!   `M_n` is `W_L`, viewed as a tensor `(d_0, …, d_{s-1}, R)`, contracted with the columns of the
+//!   other first factors. A second GEMM `W_R = X_{L×R'}ᵀ · (A_0 ⊙ ⋯ ⊙ A_{s-1})` with the new first
+//!   factors serves the last modes. A sweep reads `X` twice whatever `N` is.
+//!
+//! Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with OpenBLAS on
+//! one thread ([`crate::linalg::SingleThreadedBlas`]), their medium products split over two threads
+//! of our own (see [`crate::tucker`]).
 //!
 //! The error `‖X − X̂‖² = ‖X‖² − 2⟨X, X̂⟩ + ‖X̂‖²` is computed without `X̂`, as TensorLy does:
 //! `⟨X, X̂⟩ = Σ_{i,r} M_{N-1}[i,r] · Ã_{N-1}[i,r]` from the last MTTKRP and

@@ -2,10 +2,14 @@
 //!
 //! Leading singular vectors, which HOSVD, HOOI and the SVD initialisations need, never come from
 //! `gesvd`: for a wide matrix (`rows ≤ cols`, the usual case for an unfolding) they are the
-//! leading eigenvectors of the Gram matrix `M·Mᵀ` (BLAS GEMM plus LAPACK `syevd`); for a tall
-//! matrix the thin divide-and-conquer SVD `gesdd` is used. Symmetric eigenproblems go through
-//! LAPACK `dsytrd` + `dstedc` + `dormtr` ([`sym_eig_top`]), several times faster than the `syev`
-//! behind `ndarray_linalg::Eigh`; Gram matrices through BLAS `syrk` ([`gram`]).
+//! leading eigenvectors of the Gram matrix `M·Mᵀ`; for a tall matrix the thin divide-and-conquer
+//! SVD `gesdd` is used. Gram matrices come from BLAS `syrk` ([`gram`]). Symmetric eigenproblems go
+//! through LAPACK `dsytrd` + `dstemr`/`dstedc` + `dormtr` ([`sym_eig_top`]), several times faster
+//! than the `syev` behind `ndarray_linalg::Eigh` and than `dsyevr` with an index range.
+//!
+//! The LAPACK/BLAS routines ndarray-linalg does not wrap are declared here with the signatures of
+//! the `lapack-sys` / `cblas-sys` crates, and resolved from the OpenBLAS the crate already links.
+//! [`SingleThreadedBlas`] keeps OpenBLAS on one thread for small problems.
 use std::any::TypeId;
 use std::os::raw::{c_char, c_int};
 
@@ -549,6 +553,21 @@ impl SingleThreadedBlas {
     pub fn for_work(work: f64) -> Option<Self> {
         (work < SMALL_BLAS_WORK).then(Self::new)
     }
+}
+
+/// The number of threads this process lets BLAS work use: the hardware parallelism, capped by
+/// `OPENBLAS_NUM_THREADS` when set. Read once, so that every decision based on it (and hence
+/// every result) is the same for the whole process.
+pub fn blas_parallelism() -> usize {
+    static P: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        let hw = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let env = std::env::var("OPENBLAS_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        env.map_or(hw, |e| e.min(hw)).max(1)
+    })
 }
 
 impl Default for SingleThreadedBlas {

@@ -11,7 +11,7 @@
 //! increasing mode order. (Kolda & Bader use the column-major unfolding, which reverses the order
 //! of the Kronecker factors.) Modes are numbered from 0.
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
 
 use crate::error::{GbtdError, Result};
 use crate::real::Real;
@@ -247,11 +247,14 @@ pub fn khatri_rao<T: Real>(matrices: &[ArrayView2<'_, T>], skip: Option<usize>) 
     for m in &used[1..] {
         let (ra, rb) = (acc.nrows(), m.nrows());
         let mut next = Array2::<T>::zeros((ra * rb, r));
-        for i in 0..ra {
-            let arow = acc.row(i);
-            for j in 0..rb {
-                let mut out = next.row_mut(i * rb + j);
-                out.assign(&(&arow * &m.row(j)));
+        // Row i·rb + j is the elementwise product of row i of the accumulated product and row j of
+        // `m`; written in place, without temporaries.
+        for (i, arow) in acc.outer_iter().enumerate() {
+            for (j, brow) in m.outer_iter().enumerate() {
+                Zip::from(next.row_mut(i * rb + j))
+                    .and(&arow)
+                    .and(&brow)
+                    .for_each(|o, &a, &b| *o = a * b);
             }
         }
         acc = next;

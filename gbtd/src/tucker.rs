@@ -25,23 +25,39 @@
 //!   of `Y_(m_i)` with `Y = X ×_{k≠i} A_kᵀ`, then `G` = the projection. Each step maximises `‖G‖`
 //!   over `A_i`, so the error never increases.
 //!
-//! Leading left singular vectors come from the Gram matrix `Y_(m) Y_(m)ᵀ` and LAPACK `dsyevr`
-//! ([`leading_unfolding_vectors`]), or `gesdd` for unfoldings taller than wide; never `gesvd`.
-//! Their signs are fixed like TensorLy's `svd_flip` (the largest-magnitude entry of each column
-//! is positive), so results are deterministic.
+//! Leading left singular vectors come from the Gram matrix `Y_(m) Y_(m)ᵀ` (BLAS `syrk`) and a
+//! LAPACK symmetric eigensolver ([`crate::linalg::sym_eig_top`]), or from `gesdd` for unfoldings
+//! taller than wide ([`leading_unfolding_vectors`]); never `gesvd`. Their signs are fixed like
+//! TensorLy's `svd_flip` (the largest-magnitude entry of each column is positive), so results are
+//! deterministic.
 //!
-//! A HOOI sweep projects `X` only twice, whatever the number of factorized modes: with the modes
-//! split into a first half `L` and a second half `R`, `Z_L = X ×_{k∈R} A_kᵀ` serves every update
-//! in `L` (their `Y` is `Z_L` projected on the other modes of `L`) and `Z_R = X ×_{k∈L} A_kᵀ`
-//! (with the new `L` factors) serves every update in `R`. The core is the last `Y` projected
-//! on its own mode. The iterates are exactly those of plain HOOI.
+//! # Implementation
+//! - HOOI reuses projections of `X` across updates (a multi-sweep dimension tree, Ma &
+//!   Solomonik 2021): right after `A_p` is updated, `Z = X ×_{m_p} A_pᵀ` is formed once and serves
+//!   the next `K − 1` updates, of the modes after `p` in cyclic order (each `Y` is `Z` projected
+//!   on the remaining modes with their latest factors, so the iterates are exactly those of plain
+//!   HOOI). A sweep thus projects `X` itself `K/(K−1)` times instead of `K` times: twice for
+//!   Tucker-2, 1.5 times for a 3-way Tucker.
+//! - The error of each sweep is `‖X‖² − tr(A_iᵀ (Y Yᵀ) A_i)` from the Gram matrix already formed
+//!   for the last update; the core itself is formed once, after the last sweep.
+//! - No unfolding is materialised when the memory layout allows: a product or Gram matrix on the
+//!   first or last mode of a C-order tensor is one BLAS call, and a middle mode with wide
+//!   trailing slices is a loop of GEMMs. A middle mode with narrow slices is moved last by one copy
+//!   (made once for `X`), so memory peaks at `X` plus one such copy per narrow middle mode.
+//! - Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with
+//!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]); medium products are then
+//!   split over two threads of our own, deterministically (the split depends only on the sizes and
+//!   [`crate::linalg::blas_parallelism`]).
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView2, ArrayViewD, Axis, CowArray, IxDyn};
+use ndarray::{
+    Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut3, Axis, CowArray, IxDyn,
+};
 use ndarray_linalg::QRInto;
 
 use crate::error::{GbtdError, Result};
 use crate::linalg::{
-    SingleThreadedBlas, gram, leading_left_singular_vectors, mirror_lower, sym_eig_top, syrk_lower,
+    SMALL_BLAS_WORK, SingleThreadedBlas, blas_parallelism, leading_left_singular_vectors, mirror_lower,
+    sym_eig_top, syrk_lower,
 };
 use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
 use crate::random::{randn2, rng};
@@ -174,8 +190,8 @@ pub fn st_hosvd<T: Real>(
 /// [`GbtdError::Options`] for a bad tolerance and [`GbtdError::Shape`] /
 /// [`GbtdError::NonFinite`] for given initial factors of the wrong shape or non-finite.
 ///
-/// Memory: besides `X`, up to two copies of `X` with one mode moved last, made once so that
-/// the products with `X` are single GEMMs.
+/// Memory: besides `X` and the factors, at most one copy of `X` per factorized middle mode with
+/// narrow trailing slices (see the module documentation).
 pub fn tucker<T: Real>(x: &ArrayViewD<'_, T>, opts: &TuckerOptions<T>) -> Result<Tucker<T>> {
     tucker_with_progress(x, opts, |_, _| {})
 }
@@ -212,18 +228,27 @@ pub fn tucker_with_progress<T: Real, F: FnMut(usize, f64)>(
                 .collect::<Result<_>>()?
         }
     };
-    let mut core = project(&mut xl, &factors, &modes)?;
-    let mut convergence = Convergence::default();
-    convergence.push(ortho_rel_error(nx2, &core.view()), opts.iter.tol);
-
     let k = modes.len();
     for &m in &modes {
         xl.prepare(Some(m))?;
     }
+    let mut convergence = Convergence::default();
+    if opts.iter.n_iter_max == 0 {
+        let core = project(&mut xl, &factors, &modes)?;
+        convergence.push(ortho_rel_error(nx2, &core.view()), opts.iter.tol);
+        return Ok(Tucker {
+            core,
+            factors,
+            modes,
+            convergence,
+        });
+    }
     // `z = (p, X ×_{modes[p]} A_pᵀ)`, made right after A_p changed; it serves the next k − 1
     // updates (see the module documentation).
     let mut z: Option<(usize, Laid<'_, T>)> = None;
-    for _ in 0..opts.iter.n_iter_max {
+    let mut core = None;
+    for sweep in 0..opts.iter.n_iter_max {
+        let mut stop = false;
         for i in 0..k {
             let y = if k == 1 {
                 xl.get(None).view()
@@ -240,19 +265,37 @@ pub fn tucker_with_progress<T: Real, F: FnMut(usize, f64)>(
                 chain(zp, &factors, &modes, &others)?
             };
             let y = y.edge(modes[i])?;
-            factors[i] = leading(&y, modes[i], rank[i])?.0;
+            let (u, _, gram) = leading_with_gram(&y, modes[i], rank[i])?;
+            if sweep == 0 && i == 0 {
+                // The initial core is Y projected on the initial factor: ‖G‖² = tr(Aᵀ (Y Yᵀ) A).
+                let g2 = match &gram {
+                    Some(g) => projected_sq_norm(g, &factors[0]),
+                    None => sq_norm(&y.ttm_t(modes[0], &factors[0].view())?.data.view()),
+                };
+                convergence.push(rel_error_from_core(nx2, g2), opts.iter.tol);
+            }
+            factors[i] = u;
             if i + 1 == k {
-                // The core is the last Y projected on its own, just updated, factor.
-                core = y.ttm_t(modes[i], &factors[i].view())?.into_natural();
+                // The core is the last Y projected on its own, just updated, factor; its norm
+                // comes from the Gram matrix, the core itself only at the end.
+                let g2 = match &gram {
+                    Some(g) => projected_sq_norm(g, &factors[i]),
+                    None => sq_norm(&y.ttm_t(modes[i], &factors[i].view())?.data.view()),
+                };
+                convergence.iterations += 1;
+                let err = rel_error_from_core(nx2, g2);
+                progress(convergence.iterations, err);
+                stop = convergence.push(err, opts.iter.tol) || sweep + 1 == opts.iter.n_iter_max;
+                if stop {
+                    core = Some(y.ttm_t(modes[i], &factors[i].view())?.into_natural());
+                }
             }
         }
-        convergence.iterations += 1;
-        let err = ortho_rel_error(nx2, &core.view());
-        progress(convergence.iterations, err);
-        if convergence.push(err, opts.iter.tol) {
+        if stop {
             break;
         }
     }
+    let core = core.ok_or_else(|| GbtdError::Shape("HOOI produced no core".into()))?;
     Ok(Tucker {
         core,
         factors,
@@ -433,14 +476,20 @@ impl<'a, T: Real> Laid<'a, T> {
         shape[pos] = r;
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
         let mut out = Array3::<T>::zeros((p, r, q));
-        if q == 1 {
-            let x2 = x3.index_axis(Axis(2), 0);
-            let mut o2 = out.index_axis_mut(Axis(2), 0);
-            general_mat_mul(T::one(), &x2, a, T::zero(), &mut o2);
+        let work = 2.0 * (p * d * q * r) as f64;
+        // Split along P (rows, or slices) or, for the first mode, along Q (columns).
+        let axis = if p >= 2 { Axis(0) } else { Axis(2) };
+        if split_threads(work) > 1 && x3.len_of(axis) >= 2 {
+            let mid = x3.len_of(axis) / 2;
+            let (xa, xb) = x3.split_at(axis, mid);
+            let (oa, ob) = out.view_mut().split_at(axis, mid);
+            let _single = SingleThreadedBlas::new();
+            std::thread::scope(|scope| {
+                scope.spawn(move || ttm_chunk(xb, a, ob));
+                ttm_chunk(xa, a, oa);
+            });
         } else {
-            for (src, mut dst) in x3.outer_iter().zip(out.outer_iter_mut()) {
-                general_mat_mul(T::one(), &a.t(), &src, T::zero(), &mut dst);
-            }
+            ttm_chunk(x3, a, out.view_mut());
         }
         Ok(Laid {
             data: CowArray::from(out.into_shape_with_order(IxDyn(&shape))?),
@@ -456,18 +505,25 @@ impl<'a, T: Real> Laid<'a, T> {
         }
         let (p, d, q) = self.pdq(pos);
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
-        if q == 1 {
-            gram(&x3.index_axis(Axis(2), 0), true)
-        } else if p == 1 {
-            gram(&x3.index_axis(Axis(0), 0), false)
+        let work = (p * q * d * d) as f64;
+        // Rows (q = 1) or slices split along P, columns (p = 1) along Q: the Gram is the sum of
+        // the parts' Grams.
+        let axis = if p >= 2 { Axis(0) } else { Axis(2) };
+        let mut g = if split_threads(work) > 1 && x3.len_of(axis) >= 2 {
+            let mid = x3.len_of(axis) / 2;
+            let (xa, xb) = x3.split_at(axis, mid);
+            let _single = SingleThreadedBlas::new();
+            let (ga, gb) = std::thread::scope(|scope| {
+                let hb = scope.spawn(move || gram_chunk(xb));
+                (gram_chunk(xa), hb.join())
+            });
+            let gb = gb.map_err(|_| GbtdError::Linalg("Gram worker thread panicked".into()))??;
+            ga? + gb
         } else {
-            let mut g = Array2::<T>::zeros((d, d));
-            for slice in x3.outer_iter() {
-                syrk_lower(&slice, false, T::one(), &mut g)?;
-            }
-            mirror_lower(&mut g);
-            Ok(g)
-        }
+            gram_chunk(x3)?
+        };
+        mirror_lower(&mut g);
+        Ok(g)
     }
 
     /// The tensor in its natural axis order (C order).
@@ -484,9 +540,63 @@ impl<'a, T: Real> Laid<'a, T> {
     }
 }
 
+/// Below this many floating-point operations a product is not worth a second thread.
+const SPLIT_MIN_WORK: f64 = 4e6;
+
+/// How many threads to split a product of `work` flops over: 2 for medium products when the
+/// process may use 2 threads (see [`blas_parallelism`]), else 1 (OpenBLAS threads large products
+/// itself, and small ones are not worth a thread). The decision depends only on the sizes and the
+/// process-wide parallelism, so results stay reproducible.
+fn split_threads(work: f64) -> usize {
+    if (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work) {
+        blas_parallelism().min(2)
+    } else {
+        1
+    }
+}
+
+/// `out[p] = Aᵀ · x[p]` for every slice of `x` `(P, d, Q)` — one GEMM `x · A` when `Q = 1`.
+fn ttm_chunk<T: Real>(x: ArrayView3<'_, T>, a: &ArrayView2<'_, T>, mut out: ArrayViewMut3<'_, T>) {
+    if x.len_of(Axis(2)) == 1 {
+        let x2 = x.index_axis(Axis(2), 0);
+        let mut o2 = out.index_axis_mut(Axis(2), 0);
+        general_mat_mul(T::one(), &x2, a, T::zero(), &mut o2);
+    } else {
+        for (src, mut dst) in x.outer_iter().zip(out.outer_iter_mut()) {
+            general_mat_mul(T::one(), &a.t(), &src, T::zero(), &mut dst);
+        }
+    }
+}
+
+/// The lower triangle of `Σ_p x[p] x[p]ᵀ` for `x` `(P, d, Q)` — of `x_{(P×d)}ᵀ x_{(P×d)}` when
+/// `Q = 1` — by BLAS `syrk`.
+fn gram_chunk<T: Real>(x: ArrayView3<'_, T>) -> Result<Array2<T>> {
+    let d = x.len_of(Axis(1));
+    let mut g = Array2::<T>::zeros((d, d));
+    if x.len_of(Axis(2)) == 1 {
+        syrk_lower(&x.index_axis(Axis(2), 0), true, T::zero(), &mut g)?;
+    } else {
+        for slice in x.outer_iter() {
+            syrk_lower(&slice, false, T::one(), &mut g)?;
+        }
+    }
+    Ok(g)
+}
+
 /// The leading left singular vectors and values of the unfolding of `y` along `mode` (see
 /// [`leading_unfolding_vectors`]), with signs fixed.
 fn leading<T: Real>(y: &Laid<'_, T>, mode: usize, k: usize) -> Result<(Array2<T>, Array1<T>)> {
+    leading_with_gram(y, mode, k).map(|(u, s, _)| (u, s))
+}
+
+/// [`leading`], also returning the Gram matrix it diagonalised (`None` for a tall unfolding,
+/// which goes through `gesdd`).
+#[allow(clippy::type_complexity)]
+fn leading_with_gram<T: Real>(
+    y: &Laid<'_, T>,
+    mode: usize,
+    k: usize,
+) -> Result<(Array2<T>, Array1<T>, Option<Array2<T>>)> {
     let d = y.dim(mode)?;
     if k == 0 || k > d {
         return Err(GbtdError::Rank(format!(
@@ -494,10 +604,14 @@ fn leading<T: Real>(y: &Laid<'_, T>, mode: usize, k: usize) -> Result<(Array2<T>
         )));
     }
     let rest = y.data.len() / d;
-    let (mut u, s) = if d <= rest {
+    let (mut u, s, g) = if d <= rest {
         let g = y.gram(mode)?;
         let (vals, u) = sym_eig_top(&g.view(), k)?;
-        (u, vals.mapv(|v| if v > T::zero() { v.sqrt() } else { T::zero() }))
+        (
+            u,
+            vals.mapv(|v| if v > T::zero() { v.sqrt() } else { T::zero() }),
+            Some(g),
+        )
     } else {
         // A tall unfolding: any column order will do, so use the storage with `mode` last.
         let pos = y.pos(mode)?;
@@ -509,10 +623,20 @@ fn leading<T: Real>(y: &Laid<'_, T>, mode: usize, k: usize) -> Result<(Array2<T>
             &moved
         };
         let m = src.data.view().into_shape_with_order((rest, d))?;
-        leading_left_singular_vectors(&m.t(), k)?
+        let (u, s) = leading_left_singular_vectors(&m.t(), k)?;
+        (u, s, None)
     };
     fix_signs(&mut u);
-    Ok((u, s))
+    Ok((u, s, g))
+}
+
+/// `‖Y ×_m Aᵀ‖² = tr(Aᵀ (Y_(m) Y_(m)ᵀ) A) = Σ (G A) ⊙ A`, in `f64`, from the Gram matrix `G`.
+fn projected_sq_norm<T: Real>(g: &Array2<T>, a: &Array2<T>) -> f64 {
+    let ga = g.dot(a);
+    ga.iter()
+        .zip(a.iter())
+        .map(|(&x, &y)| x.to_f64_exact() * y.to_f64_exact())
+        .sum()
 }
 
 /// The input tensor, in natural order and, once asked for, with a middle mode moved last.
@@ -682,10 +806,15 @@ pub(crate) fn sq_norm<T: Real>(x: &ArrayViewD<'_, T>) -> f64 {
 /// `sqrt(‖X‖² − ‖G‖²) / ‖X‖`: the relative error of a Tucker tensor with orthonormal factors
 /// and projected core `G` (0 for a zero `X`).
 fn ortho_rel_error<T: Real>(nx2: f64, core: &ArrayViewD<'_, T>) -> f64 {
+    rel_error_from_core(nx2, sq_norm(core))
+}
+
+/// `sqrt(‖X‖² − ‖G‖²) / ‖X‖` from the two squared norms (0 for a zero `X`).
+fn rel_error_from_core(nx2: f64, g2: f64) -> f64 {
     if nx2 <= 0.0 {
         return 0.0;
     }
-    ((nx2 - sq_norm(core)).max(0.0) / nx2).sqrt()
+    ((nx2 - g2).max(0.0) / nx2).sqrt()
 }
 
 /// The convergence record of a direct (non-iterative) method.

@@ -2,5 +2,5 @@
 pub use tch;
 pub mod arch;
 pub mod count;
-pub mod table;
 pub mod nn;
+pub mod table;
