@@ -7,11 +7,15 @@
 //! through LAPACK `dsytrd` + `dstemr`/`dstedc` + `dormtr` ([`sym_eig_top`]), several times faster
 //! than the `syev` behind `ndarray_linalg::Eigh` and than `dsyevr` with an index range.
 //!
-//! The LAPACK/BLAS routines ndarray-linalg does not wrap are declared here with the signatures of
-//! the `lapack-sys` / `cblas-sys` crates, and resolved from the OpenBLAS the crate already links.
+//! The LAPACK and CBLAS routines ndarray-linalg does not wrap come from `lapack-sys` and
+//! `cblas-sys` (the bindings ndarray-linalg and ndarray use); only OpenBLAS's thread control is
+//! declared here. All resolve to the OpenBLAS the crate already links.
 //! [`SingleThreadedBlas`] keeps OpenBLAS on one thread for small problems.
 use std::any::TypeId;
 use std::os::raw::{c_char, c_int};
+
+use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO, cblas_dsyrk, cblas_ssyrk};
+use lapack_sys::{dormtr_, dstedc_, dstemr_, dsytrd_};
 
 use ndarray::{Array1, Array2, ArrayView2, ShapeBuilder, s};
 use ndarray_linalg::{JobSvd, SVDDC};
@@ -78,74 +82,6 @@ pub fn solve_sym_right<T: Real>(b: &ArrayView2<'_, T>, m: &ArrayView2<'_, T>) ->
     let bv = b.dot(&vecs);
     let scaled = &bv * &inv_vals.view().insert_axis(ndarray::Axis(0));
     Ok(scaled.dot(&vecs.t()))
-}
-
-unsafe extern "C" {
-    // LAPACK routines of the linked OpenBLAS (Fortran calling convention, LP64 integers), with
-    // the signatures of the `lapack-sys` crate that ndarray-linalg uses.
-    fn dsytrd_(
-        uplo: *const c_char,
-        n: *const c_int,
-        a: *mut f64,
-        lda: *const c_int,
-        d: *mut f64,
-        e: *mut f64,
-        tau: *mut f64,
-        work: *mut f64,
-        lwork: *const c_int,
-        info: *mut c_int,
-    );
-    fn dstedc_(
-        compz: *const c_char,
-        n: *const c_int,
-        d: *mut f64,
-        e: *mut f64,
-        z: *mut f64,
-        ldz: *const c_int,
-        work: *mut f64,
-        lwork: *const c_int,
-        iwork: *mut c_int,
-        liwork: *const c_int,
-        info: *mut c_int,
-    );
-    fn dstemr_(
-        jobz: *const c_char,
-        range: *const c_char,
-        n: *const c_int,
-        d: *mut f64,
-        e: *mut f64,
-        vl: *const f64,
-        vu: *const f64,
-        il: *const c_int,
-        iu: *const c_int,
-        m: *mut c_int,
-        w: *mut f64,
-        z: *mut f64,
-        ldz: *const c_int,
-        nzc: *const c_int,
-        isuppz: *mut c_int,
-        tryrac: *mut c_int,
-        work: *mut f64,
-        lwork: *const c_int,
-        iwork: *mut c_int,
-        liwork: *const c_int,
-        info: *mut c_int,
-    );
-    fn dormtr_(
-        side: *const c_char,
-        uplo: *const c_char,
-        trans: *const c_char,
-        m: *const c_int,
-        n: *const c_int,
-        a: *const f64,
-        lda: *const c_int,
-        tau: *const f64,
-        c: *mut f64,
-        ldc: *const c_int,
-        work: *mut f64,
-        lwork: *const c_int,
-        info: *mut c_int,
-    );
 }
 
 fn lapack_check(routine: &str, info: c_int) -> Result<()> {
@@ -383,41 +319,6 @@ pub fn sym_eig_top<T: Real>(m: &ArrayView2<'_, T>, k: usize) -> Result<(Array1<T
     Ok((vals, vecs))
 }
 
-unsafe extern "C" {
-    // CBLAS symmetric rank-k update from the linked OpenBLAS.
-    fn cblas_dsyrk(
-        order: c_int,
-        uplo: c_int,
-        trans: c_int,
-        n: c_int,
-        k: c_int,
-        alpha: f64,
-        a: *const f64,
-        lda: c_int,
-        beta: f64,
-        c: *mut f64,
-        ldc: c_int,
-    );
-    fn cblas_ssyrk(
-        order: c_int,
-        uplo: c_int,
-        trans: c_int,
-        n: c_int,
-        k: c_int,
-        alpha: f32,
-        a: *const f32,
-        lda: c_int,
-        beta: f32,
-        c: *mut f32,
-        ldc: c_int,
-    );
-}
-
-const CBLAS_ROW_MAJOR: c_int = 101;
-const CBLAS_NO_TRANS: c_int = 111;
-const CBLAS_TRANS: c_int = 112;
-const CBLAS_LOWER: c_int = 122;
-
 /// The Gram matrix `M·Mᵀ` (or `Mᵀ·M` with `transpose`), by BLAS `?syrk` (half the work of a
 /// GEMM).
 pub fn gram<T: Real>(m: &ArrayView2<'_, T>, transpose: bool) -> Result<Array2<T>> {
@@ -465,7 +366,11 @@ pub fn syrk_lower<T: Real>(m: &ArrayView2<'_, T>, transpose: bool, beta: T, c: &
         )
     };
     let lda = a.ncols().max(1) as c_int;
-    let tr = if trans { CBLAS_TRANS } else { CBLAS_NO_TRANS };
+    let tr = if trans {
+        CBLAS_TRANSPOSE::CblasTrans
+    } else {
+        CBLAS_TRANSPOSE::CblasNoTrans
+    };
     let (nn, kk, ldc) = (n as c_int, k as c_int, n as c_int);
     let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
     // SAFETY: `a` is a live row-major (n×k, or k×n when transposed) buffer with leading dimension
@@ -474,8 +379,8 @@ pub fn syrk_lower<T: Real>(m: &ArrayView2<'_, T>, transpose: bool, beta: T, c: &
     unsafe {
         if is_f64 {
             cblas_dsyrk(
-                CBLAS_ROW_MAJOR,
-                CBLAS_LOWER,
+                CBLAS_LAYOUT::CblasRowMajor,
+                CBLAS_UPLO::CblasLower,
                 tr,
                 nn,
                 kk,
@@ -488,8 +393,8 @@ pub fn syrk_lower<T: Real>(m: &ArrayView2<'_, T>, transpose: bool, beta: T, c: &
             );
         } else {
             cblas_ssyrk(
-                CBLAS_ROW_MAJOR,
-                CBLAS_LOWER,
+                CBLAS_LAYOUT::CblasRowMajor,
+                CBLAS_UPLO::CblasLower,
                 tr,
                 nn,
                 kk,
