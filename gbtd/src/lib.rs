@@ -12,6 +12,7 @@
 pub mod btd;
 pub mod collective;
 pub mod cp;
+pub mod display;
 pub mod error;
 pub mod generalized;
 pub mod io;

@@ -7,18 +7,7 @@ use std::fmt::Write as _;
 use crate::arch::spec::{NetSpec, Result, Stem, UnitSpec};
 use crate::count::{Counts, count};
 
-/// "25,557,032".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use gbtd::display::thousands;
 
 /// `n / 10^exp` rounded to one decimal, as Table 1 prints it ("25.6").
 pub fn scaled(n: u64, exp: u32) -> String {

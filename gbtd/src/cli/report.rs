@@ -51,15 +51,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 
 /// `1234567` → `1,234,567`.
 pub fn count(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    gbtd::display::thousands(n as u64)
 }
 
 /// `[512, 512, 3, 3]` → `512×512×3×3`.
