@@ -16,7 +16,8 @@ use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
 use crate::error::{GbtdError, Result};
 use crate::real::Real;
 
-fn check_mode(ndim: usize, mode: usize) -> Result<()> {
+/// Checks that `mode` is a mode of a tensor of order `ndim`.
+pub(crate) fn check_mode(ndim: usize, mode: usize) -> Result<()> {
     if mode >= ndim {
         return Err(GbtdError::Shape(format!(
             "mode {mode} out of range for a tensor of order {ndim}"

@@ -62,7 +62,7 @@ use crate::linalg::{
 use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
 use crate::random::{randn2, rng};
 use crate::real::Real;
-use crate::tensor::{multi_mode_dot, validate_tensor};
+use crate::tensor::{check_mode, multi_mode_dot, validate_tensor};
 
 /// Options of [`tucker`] and [`partial_tucker`].
 #[derive(Debug, Clone, PartialEq)]
@@ -731,15 +731,6 @@ fn project<T: Real>(
     let first = first_mode(factors, modes, &all);
     xl.prepare(first)?;
     Ok(chain(xl.get(first), factors, modes, &all)?.into_natural())
-}
-
-fn check_mode(ndim: usize, mode: usize) -> Result<()> {
-    if mode >= ndim {
-        return Err(GbtdError::Shape(format!(
-            "mode {mode} out of range for a tensor of order {ndim}"
-        )));
-    }
-    Ok(())
 }
 
 /// Validates the input tensor, the modes (default: all) and their ranks; returns the modes and
