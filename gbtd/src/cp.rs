@@ -30,8 +30,8 @@
 //!   factors serves the last modes. A sweep reads `X` twice whatever `N` is.
 //!
 //! Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with OpenBLAS on
-//! one thread ([`crate::linalg::SingleThreadedBlas`]), their medium products split over two threads
-//! of our own (see [`crate::tucker`]).
+//! one thread ([`crate::linalg::SingleThreadedBlas`]), except the order-3 strategy's products with `X`,
+//! which use all BLAS threads (see [`crate::tucker`]).
 //!
 //! The error `‖X − X̂‖² = ‖X‖² − 2⟨X, X̂⟩ + ‖X̂‖²` is computed without `X̂`, as TensorLy does:
 //! `⟨X, X̂⟩ = Σ_{i,r} M_{N-1}[i,r] · Ã_{N-1}[i,r]` from the last MTTKRP and
@@ -46,8 +46,8 @@
 //!   on `[0, 1)` from the seeded generator.
 //! - [`Init::Random`]: i.i.d. standard normal factors from the seeded generator.
 //! - [`Init::Given`]: `N` matrices `(d_n × R)`.
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewD, IxDyn};
+use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
+use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn};
 use rand::Rng as _;
 
 use crate::error::{GbtdError, Result};
@@ -389,6 +389,15 @@ fn contract_columns<T: Real>(
                     .zip(ar)
                     .fold(T::zero(), |acc, (&cv, &av)| acc + cv * av);
             }
+        }
+    } else if sr >= si && sr >= sj {
+        // Rank axis outermost: one matrix-vector product per component, M[·, r] = C[·, ·, r] · A[·, r].
+        for ((cr, ar), mut or) in v
+            .axis_iter(Axis(2))
+            .zip(a.axis_iter(Axis(1)))
+            .zip(out.axis_iter_mut(Axis(1)))
+        {
+            general_mat_vec_mul(T::one(), &cr, &ar, T::zero(), &mut or);
         }
     } else {
         for (vi, mut oi) in v.outer_iter().zip(out.outer_iter_mut()) {

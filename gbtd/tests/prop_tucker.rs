@@ -641,7 +641,7 @@ fn hooi_matches_textbook_hooi_at_threaded_sizes() {
     }
     let x = &x + &(gaussian(&[100, 90, 40], 905) * 0.5);
     let rank = [8, 7, 6];
-    for sweeps in [1usize, 3] {
+    for sweeps in [1usize, 3, 8] {
         let t = tucker(
             &x.view(),
             &TuckerOptions {
