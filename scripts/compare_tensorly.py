@@ -21,7 +21,8 @@ Times are decomposition time only: TensorLy is timed around the call (time.perf_
 reports the time around its library call in the JSON field `seconds` (file reading and writing
 excluded on both sides). With --repeat K each side runs K times, the two sides alternating (so that
 both see the same load on a shared machine); "speedup" compares the fastest run of each side and
-"median" is the median over the K pairs of the ratio of their times. Both
+"median" is the median over the K pairs of the ratio of their times. Each run starts after a
+0.5 s pause, so that no OpenBLAS thread of the previous run is still spinning. Both
 relative errors ||X - X_hat|| / ||X|| are recomputed here by numpy from the reconstructions
 (TensorLy's via tl.tucker_to_tensor / cp_to_tensor / multi_mode_dot, gbtd's via
 `gbtd reconstruct FACTORS --out X.npy`).
@@ -37,7 +38,7 @@ Exit status: 0 when every gbtd relative error is within 1% (relative) of TensorL
 when a run fails. The speed target of the issue (gbtd >= 5x faster) is reported, not enforced.
 
 Usage: .venv/bin/python scripts/compare_tensorly.py [--threads N] [--repeat K] [--cases a,b]
-       [--workdir DIR] [--gbtd PATH] [--no-build] [--unset-openblas-coretype]
+       [--workdir DIR] [--gbtd PATH] [--no-build] [--unset-openblas-coretype] [--verbose]
 """
 import argparse
 import json
@@ -51,6 +52,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE_NAMES = ["tucker2-kernel", "cp-kernel", "tucker-lowrank", "cp-lowrank"]
 SPEED_TARGET = 5.0
+# Pause after each timed run. OpenBLAS's idle worker threads spin (sched_yield) for about 0.1 s after
+# a threaded call before they sleep; numpy's, in this process, would otherwise still be spinning on
+# the cores while the gbtd run that follows starts (on 2 cores that slowed gbtd's 100^3 Tucker by up to 2x).
+SETTLE_S = 0.5
 ERROR_SLACK = 0.01
 
 
@@ -62,6 +67,7 @@ def parse_args():
     p.add_argument("--workdir", default=None, help="where the .npy files go (default: a temporary directory)")
     p.add_argument("--gbtd", default=None, help="gbtd binary (default: target/release/gbtd, built if needed)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build")
+    p.add_argument("--verbose", action="store_true", help="also print every run's time, in run order")
     p.add_argument(
         "--unset-openblas-coretype",
         action="store_true",
@@ -210,11 +216,16 @@ def main():
             tl_runs, g_runs = [], []
             for _ in range(ARGS.repeat):
                 tl_runs.append(run_tensorly(case, x))
+                time.sleep(SETTLE_S)
                 g_runs.append(run_gbtd(gbtd, case, path, workdir))
+                time.sleep(SETTLE_S)
         except Exception as e:  # report and go on with the other cases
             print(f"{label:<38} FAILED: {e}")
             failed = True
             continue
+        if ARGS.verbose:
+            print(f"  {case} TensorLy s: " + " ".join(f"{s:.3f}" for s, _ in tl_runs))
+            print(f"  {case} gbtd s:     " + " ".join(f"{r['seconds']:.3f}" for r, _ in g_runs))
         tl_secs = min(s for s, _ in tl_runs)
         tl_err = tl_runs[0][1]
         g_secs = min(r["seconds"] for r, _ in g_runs)

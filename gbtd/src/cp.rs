@@ -30,8 +30,8 @@
 //!   factors serves the last modes. A sweep reads `X` twice whatever `N` is.
 //!
 //! Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with OpenBLAS on
-//! one thread ([`crate::linalg::SingleThreadedBlas`]), except the order-3 strategy's products with `X`,
-//! which use all BLAS threads (see [`crate::tucker`]).
+//! one thread ([`crate::linalg::SingleThreadedBlas`]); the order-3 strategy's products with `X` are
+//! shared out over threads of our own (see [`crate::tucker`]).
 //!
 //! The error `‖X − X̂‖² = ‖X‖² − 2⟨X, X̂⟩ + ‖X̂‖²` is computed without `X̂`, as TensorLy does:
 //! `⟨X, X̂⟩ = Σ_{i,r} M_{N-1}[i,r] · Ã_{N-1}[i,r]` from the last MTTKRP and

@@ -91,7 +91,7 @@ const WARM_MAX_STEPS: usize = 4;
 ///   of its square.
 ///
 /// Otherwise (a flat spectrum, `2k > d`, a start of the wrong shape, or no convergence within
-/// [`WARM_MAX_STEPS`] steps) it returns [`WarmEig::Uncertified`]. Costs `O(d²k)` per step against
+/// four steps) it returns [`WarmEig::Uncertified`]. Costs `O(d²k)` per step against
 /// `O(d³)` for the tridiagonalisation of [`sym_eig_top`].
 pub fn psd_eig_top_warm<T: Real>(
     g: &ArrayView2<'_, T>,
@@ -495,6 +495,25 @@ unsafe extern "C" {
     // Thread control of the linked OpenBLAS.
     fn openblas_get_num_threads() -> c_int;
     fn openblas_set_num_threads(num_threads: c_int);
+    // Joins OpenBLAS's worker threads; its next threaded call starts them again (the routine
+    // behind OpenBLAS's own fork handler).
+    fn blas_thread_shutdown_() -> c_int;
+}
+
+/// Stops OpenBLAS's idle worker threads now. OpenBLAS starts them when the library is loaded and
+/// lets them spin (`sched_yield`) for about 0.1 s before they sleep, and again after every
+/// threaded call. A short-lived process that then runs a small decomposition on threads of its
+/// own shares the cores with those spinning workers for its whole run: on 2 cores this made the
+/// `gbtd` CLI's CP of a 100³ tensor about 30% slower. OpenBLAS restarts the workers on its next
+/// threaded call, so this only costs that call a thread start.
+///
+/// # Safety
+/// No other thread may be inside a BLAS or LAPACK call (or start one) while this runs. The `gbtd`
+/// CLI calls it first thing in `main`, before any other thread exists.
+pub unsafe fn park_blas_threads() {
+    // SAFETY: the caller guarantees that no BLAS call is in flight; the routine only joins the
+    // workers and marks the pool as not started.
+    unsafe { blas_thread_shutdown_() };
 }
 
 /// Below this many floating-point operations per BLAS call, a threaded OpenBLAS call is slower
@@ -544,41 +563,6 @@ pub fn blas_parallelism() -> usize {
             .filter(|&n| n > 0);
         env.map_or(hw, |e| e.min(hw)).max(1)
     })
-}
-
-/// While alive, lets OpenBLAS use [`blas_parallelism`] threads (inside a [`SingleThreadedBlas`]
-/// scope, for one large call); the previous thread count comes back on drop.
-#[derive(Debug)]
-pub struct ThreadedBlas {
-    previous: c_int,
-}
-
-impl ThreadedBlas {
-    /// Raises OpenBLAS's thread count to [`blas_parallelism`] until the guard is dropped.
-    pub fn new() -> Self {
-        // SAFETY: plain getters/setters of OpenBLAS's global thread count.
-        let previous = unsafe { openblas_get_num_threads() };
-        let want = blas_parallelism() as c_int;
-        if previous < want {
-            unsafe { openblas_set_num_threads(want) };
-        }
-        ThreadedBlas { previous }
-    }
-}
-
-impl Default for ThreadedBlas {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for ThreadedBlas {
-    fn drop(&mut self) {
-        // SAFETY: see `new`.
-        if unsafe { openblas_get_num_threads() } != self.previous {
-            unsafe { openblas_set_num_threads(self.previous) };
-        }
-    }
 }
 
 impl Default for SingleThreadedBlas {

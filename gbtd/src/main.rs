@@ -20,6 +20,8 @@ mod cli {
 use cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet, so no BLAS call is in flight (see `park_blas_threads`).
+    unsafe { gbtd::linalg::park_blas_threads() };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return cli::args::usage_error(e),

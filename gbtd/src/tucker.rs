@@ -52,22 +52,23 @@
 //!   tensor this replaced 0.3 ms tridiagonalisations and took 20 sweeps from about 65 ms to 45 ms
 //!   on one core; a flat spectrum (a random kernel) never attempts it after the first sweep.
 //! - A product on the last storage axis is computed as `Aᵀ · Xᵀ` with the rank axis stored first,
-//!   the faster way round for OpenBLAS's packing ([`Laid`] tracks the axis order).
+//!   the faster way round for OpenBLAS's packing (the layout records each storage axis's mode).
 //! - Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with
-//!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]), except their medium products
-//!   over `X`, which run on all BLAS threads ([`crate::linalg::ThreadedBlas`]). OpenBLAS splits a
-//!   product over its output, not over the contracted dimension, so the values do not depend on
-//!   the thread count (the factors of the benchmark tensors are bitwise equal at 1 and 2 threads).
+//!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]). Their medium products over
+//!   `X` go in 512-column BLAS calls shared out over threads of our own (whole calls per thread,
+//!   so products do not depend on the thread count); medium Gram matrices are split in two
+//!   halves, deterministically (the split depends only on the sizes and
+//!   [`crate::linalg::blas_parallelism`]).
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut3, Axis, CowArray, IxDyn,
+    Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn,
 };
 use ndarray_linalg::QRInto;
 
 use crate::error::{GbtdError, Result};
 use crate::linalg::{
-    SMALL_BLAS_WORK, SingleThreadedBlas, ThreadedBlas, WarmEig, blas_parallelism,
-    leading_left_singular_vectors, mirror_lower, psd_eig_top_warm, sym_eig_top, syrk_lower,
+    SMALL_BLAS_WORK, SingleThreadedBlas, WarmEig, blas_parallelism, leading_left_singular_vectors,
+    mirror_lower, psd_eig_top_warm, sym_eig_top, syrk_lower,
 };
 use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
 use crate::random::{randn2, rng};
@@ -494,9 +495,27 @@ impl<'a, T: Real> Laid<'a, T> {
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
         let mut out = Array3::<T>::zeros((p, r, q));
         let work = 2.0 * (p * d * q * r) as f64;
-        {
-            let _threads = threaded(work).then(ThreadedBlas::new);
-            ttm_chunk(x3, a, out.view_mut());
+        let parts = split_parts(work);
+        if p == 1 {
+            at_times(
+                a,
+                &x3.index_axis(Axis(0), 0),
+                out.index_axis_mut(Axis(0), 0),
+                parts,
+                work,
+            );
+        } else {
+            // A middle mode with wide slices: out[i] = Aᵀ · x[i], the slices split over the threads.
+            let per = p.div_ceil(parts);
+            let chunks: Vec<_> = x3
+                .axis_chunks_iter(Axis(0), per)
+                .zip(out.axis_chunks_iter_mut(Axis(0), per))
+                .collect();
+            run_parts(chunks, |(xs, mut os)| {
+                for (src, dst) in xs.outer_iter().zip(os.outer_iter_mut()) {
+                    at_times(a, &src, dst, 1, work);
+                }
+            });
         }
         Ok(Laid {
             data: CowArray::from(out.into_shape_with_order(IxDyn(&shape))?),
@@ -515,10 +534,7 @@ impl<'a, T: Real> Laid<'a, T> {
         let x2 = self.data.view().into_shape_with_order((p, d))?;
         let mut out = Array2::<T>::zeros((r, p));
         let work = 2.0 * (p * d * r) as f64;
-        {
-            let _threads = threaded(work).then(ThreadedBlas::new);
-            general_mat_mul(T::one(), &a.t(), &x2.t(), T::zero(), &mut out);
-        }
+        at_times(a, &x2.t(), out.view_mut(), split_parts(work), work);
         // Storage axes after `pos` (if any) have size 1: they follow the others.
         let mut shape = vec![r];
         shape.extend_from_slice(&self.data.shape()[..pos]);
@@ -541,8 +557,22 @@ impl<'a, T: Real> Laid<'a, T> {
         let (p, d, q) = self.pdq(pos);
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
         let work = (p * q * d * d) as f64;
-        let mut g = {
-            let _threads = threaded(work).then(ThreadedBlas::new);
+        // OpenBLAS does not thread `syrk` with a small output (100 × 100 from a 100³ tensor took
+        // 3.2 ms on 1 or 2 threads), so medium Gram matrices are split over two threads of our own
+        // along P (rows, or slices) or, for the first mode, Q (columns): the Gram matrix is the sum
+        // of the parts' (1.6 ms). The split depends only on the sizes and `blas_parallelism`.
+        let axis = if p >= 2 { Axis(0) } else { Axis(2) };
+        let mut g = if split_parts(work) > 1 && x3.len_of(axis) >= 2 {
+            let mid = x3.len_of(axis) / 2;
+            let (xa, xb) = x3.split_at(axis, mid);
+            let _single = SingleThreadedBlas::new();
+            let (ga, gb) = std::thread::scope(|scope| {
+                let hb = scope.spawn(move || gram_chunk(xb));
+                (gram_chunk(xa), hb.join())
+            });
+            let gb = gb.map_err(|_| GbtdError::Linalg("Gram worker thread panicked".into()))??;
+            ga? + gb
+        } else {
             gram_chunk(x3)?
         };
         mirror_lower(&mut g);
@@ -564,30 +594,77 @@ impl<'a, T: Real> Laid<'a, T> {
 }
 
 /// Below this many floating-point operations a product is not worth a second thread.
-const THREADED_MIN_WORK: f64 = 4e6;
+const SPLIT_MIN_WORK: f64 = 4e6;
 
-/// Whether a product of `work` flops over `X` (or a projection of it) should run on all BLAS
-/// threads inside a [`SingleThreadedBlas`] scope. Medium products (from [`THREADED_MIN_WORK`] up
-/// to [`SMALL_BLAS_WORK`]) do: on 2 cores a threaded OpenBLAS call took the CP-ALS sweeps of a
-/// 100³ tensor from a median of 0.20 s to 0.15 s per 100 sweeps, where splitting the same
-/// products over two threads of our own was slower. Small ones are not worth the hand-off, and
-/// large ones run threaded anyway. OpenBLAS splits a product over the output, never over the
-/// contracted dimension, so the results do not depend on the thread count.
-fn threaded(work: f64) -> bool {
-    (THREADED_MIN_WORK..SMALL_BLAS_WORK).contains(&work) && blas_parallelism() > 1
+/// Columns per BLAS call in [`at_times`].
+const CHUNK: usize = 512;
+
+/// How many threads of our own a product of `work` flops over `X` (or a projection of it) is
+/// split over: [`blas_parallelism`] for medium products (from [`SPLIT_MIN_WORK`] up to
+/// [`SMALL_BLAS_WORK`], which run inside a [`SingleThreadedBlas`] scope), else 1 (small ones are
+/// not worth a thread, large ones are threaded by OpenBLAS itself).
+///
+/// Measured on 2 cores for `Aᵀ·X`, `X` `100 × 10⁴`, `A` `100 × 10`, best of 300
+/// (`OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example pass_timing`): one OpenBLAS call
+/// on 2 threads 0.39 ms; [`CHUNK`]-column calls on one thread 0.46 ms; the chunks split over two
+/// threads of our own 0.25 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
+/// after each threaded call, competing with these threads: see
+/// [`crate::linalg::park_blas_threads`].)
+fn split_parts(work: f64) -> usize {
+    if (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work) {
+        blas_parallelism()
+    } else {
+        1
+    }
 }
 
-/// `out[p] = Aᵀ · x[p]` for every slice of `x` `(P, d, Q)` — one GEMM `x · A` when `Q = 1`.
-fn ttm_chunk<T: Real>(x: ArrayView3<'_, T>, a: &ArrayView2<'_, T>, mut out: ArrayViewMut3<'_, T>) {
-    if x.len_of(Axis(2)) == 1 {
-        let x2 = x.index_axis(Axis(2), 0);
-        let mut o2 = out.index_axis_mut(Axis(2), 0);
-        general_mat_mul(T::one(), &x2, a, T::zero(), &mut o2);
-    } else {
-        for (src, mut dst) in x.outer_iter().zip(out.outer_iter_mut()) {
-            general_mat_mul(T::one(), &a.t(), &src, T::zero(), &mut dst);
+/// Runs `f` on each item, the first on this thread and the others on scoped threads of their
+/// own.
+fn run_parts<I: Send, F: Fn(I) + Sync>(items: Vec<I>, f: F) {
+    let mut items = items.into_iter();
+    let Some(first) = items.next() else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for item in items {
+            let f = &f;
+            scope.spawn(move || f(item));
         }
+        f(first);
+    });
+}
+
+/// `out = Aᵀ · b` for `A` `(d × r)` and `b` `(d × n)` (any strides, e.g. a transposed `X`).
+///
+/// For medium `work` (below [`SMALL_BLAS_WORK`]), the columns go in [`CHUNK`]-wide BLAS calls,
+/// whose packed operands stay in cache, and the chunks are shared out over `parts` threads (as
+/// whole chunks, so every output entry is the same sum whatever `parts` is). Larger products are
+/// one BLAS call, threaded by OpenBLAS.
+fn at_times<T: Real>(
+    a: &ArrayView2<'_, T>,
+    b: &ArrayView2<'_, T>,
+    mut out: ArrayViewMut2<'_, T>,
+    parts: usize,
+    work: f64,
+) {
+    let n = b.ncols();
+    if work >= SMALL_BLAS_WORK || n <= CHUNK {
+        general_mat_mul(T::one(), &a.t(), b, T::zero(), &mut out);
+        return;
     }
+    let per = n.div_ceil(CHUNK).div_ceil(parts.max(1)) * CHUNK;
+    let pieces: Vec<_> = b
+        .axis_chunks_iter(Axis(1), per)
+        .zip(out.axis_chunks_iter_mut(Axis(1), per))
+        .collect();
+    run_parts(pieces, |(bp, mut op)| {
+        for (bc, mut oc) in bp
+            .axis_chunks_iter(Axis(1), CHUNK)
+            .zip(op.axis_chunks_iter_mut(Axis(1), CHUNK))
+        {
+            general_mat_mul(T::one(), &a.t(), &bc, T::zero(), &mut oc);
+        }
+    });
 }
 
 /// The lower triangle of `Σ_p x[p] x[p]ᵀ` for `x` `(P, d, Q)` — of `x_{(P×d)}ᵀ x_{(P×d)}` when

@@ -1,0 +1,51 @@
+//! Prints the wall time of each HOOI or CP-ALS sweep on a tensor from a `.npy` file (float64),
+//! in one process and several repetitions, so that initialisation, per-sweep cost and warm-up
+//! effects can be told apart; the first interval also holds the initialisation.
+//!
+//! `cargo run --release -p gbtd --example sweep_times -- X.npy tucker|cp RANK SWEEPS [REPS]`
+//! (Tucker uses rank `RANK` on every mode.)
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        bail!("usage: sweep_times X.npy tucker|cp RANK SWEEPS [REPS]");
+    }
+    let x: ndarray::ArrayD<f64> =
+        ndarray_npy::read_npy(&args[1]).with_context(|| format!("reading {}", args[1]))?;
+    let rank: usize = args[3].parse().context("RANK")?;
+    let sweeps: usize = args[4].parse().context("SWEEPS")?;
+    let reps: usize = args.get(5).map_or(Ok(3), |r| r.parse()).context("REPS")?;
+    for _ in 0..reps {
+        let start = Instant::now();
+        let mut last = start;
+        let mut times = Vec::new();
+        let mut tick = |_: usize, _: f64| {
+            let now = Instant::now();
+            times.push((now - last).as_secs_f64() * 1e3);
+            last = now;
+        };
+        match args[2].as_str() {
+            "tucker" => {
+                let mut o = gbtd::tucker::TuckerOptions::new(vec![rank; x.ndim()]);
+                (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
+                gbtd::tucker::tucker_with_progress(&x.view(), &o, &mut tick)?;
+            }
+            "cp" => {
+                let mut o = gbtd::cp::CpOptions::new(rank);
+                (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
+                gbtd::cp::parafac_with_progress(&x.view(), &o, &mut tick)?;
+            }
+            m => bail!("unknown method {m}; use tucker or cp"),
+        }
+        let total = start.elapsed().as_secs_f64() * 1e3;
+        let each: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "total {total:.1} ms; init + sweep 1, then each sweep (ms): {}",
+            each.join(" ")
+        );
+    }
+    Ok(())
+}
