@@ -1,11 +1,12 @@
 //! Times the three ways of computing one pass of HOOI / CP-ALS over a 100³ tensor, `Aᵀ · X_(0)`
 //! with `X_(0)` `100 × 10⁴` and `A` `100 × 10` (the numbers quoted in `tucker::split_parts`):
 //! one OpenBLAS call on all its threads, 512-column calls on one thread, and those calls shared
-//! out over `OPENBLAS_NUM_THREADS` threads of our own (what `gbtd` does). Best of 300.
+//! out over rayon's pool (what `gbtd` does). Best of 300.
 //!
 //! `OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example pass_timing`
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
 use std::time::Instant;
 
 fn chunked(a: &ArrayView2<'_, f64>, x: &ArrayView2<'_, f64>, mut out: ArrayViewMut2<'_, f64>) {
@@ -39,21 +40,15 @@ fn main() {
     let chunks_one_thread = best_of(|| chunked(&a.view(), &x.view(), out.view_mut()));
     let per = 10_000usize.div_ceil(512).div_ceil(threads) * 512;
     let chunks_split = best_of(|| {
-        std::thread::scope(|scope| {
-            let mut parts = x
-                .axis_chunks_iter(Axis(1), per)
-                .zip(out.axis_chunks_iter_mut(Axis(1), per));
-            let first = parts.next();
-            for (xp, op) in parts {
-                let a = a.view();
-                scope.spawn(move || chunked(&a, &xp, op));
-            }
-            if let Some((xp, op)) = first {
-                chunked(&a.view(), &xp, op);
-            }
-        })
+        let parts: Vec<_> = x
+            .axis_chunks_iter(Axis(1), per)
+            .zip(out.axis_chunks_iter_mut(Axis(1), per))
+            .collect();
+        parts
+            .into_par_iter()
+            .for_each(|(xp, op)| chunked(&a.view(), &xp, op));
     });
     println!("one OpenBLAS call, {threads} OpenBLAS threads: {one_call:.3} ms");
     println!("512-column calls, one thread:        {chunks_one_thread:.3} ms");
-    println!("512-column calls over {threads} threads:     {chunks_split:.3} ms");
+    println!("512-column calls over {threads} rayon threads: {chunks_split:.3} ms");
 }

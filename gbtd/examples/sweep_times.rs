@@ -2,16 +2,18 @@
 //! in one process and several repetitions, so that initialisation, per-sweep cost and warm-up
 //! effects can be told apart; the first interval also holds the initialisation.
 //!
-//! `cargo run --release -p gbtd --example sweep_times -- X.npy tucker|cp RANK SWEEPS [REPS]`
-//! (Tucker uses rank `RANK` on every mode.)
+//! `cargo run --release -p gbtd --example sweep_times -- X.npy tucker|tucker2|cp RANK SWEEPS [REPS]`
+//! (`tucker` uses rank `RANK` on every mode, `tucker2` on modes 0 and 1.)
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
 fn main() -> Result<()> {
+    // As the `gbtd` CLI does (no other thread exists yet).
+    unsafe { gbtd::linalg::park_blas_threads() };
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        bail!("usage: sweep_times X.npy tucker|cp RANK SWEEPS [REPS]");
+        bail!("usage: sweep_times X.npy tucker|tucker2|cp RANK SWEEPS [REPS]");
     }
     let x: ndarray::ArrayD<f64> =
         ndarray_npy::read_npy(&args[1]).with_context(|| format!("reading {}", args[1]))?;
@@ -33,12 +35,18 @@ fn main() -> Result<()> {
                 (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
                 gbtd::tucker::tucker_with_progress(&x.view(), &o, &mut tick)?;
             }
+            "tucker2" => {
+                let mut o = gbtd::tucker::TuckerOptions::new(vec![rank; 2]);
+                o.modes = Some(vec![0, 1]);
+                (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
+                gbtd::tucker::tucker_with_progress(&x.view(), &o, &mut tick)?;
+            }
             "cp" => {
                 let mut o = gbtd::cp::CpOptions::new(rank);
                 (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
                 gbtd::cp::parafac_with_progress(&x.view(), &o, &mut tick)?;
             }
-            m => bail!("unknown method {m}; use tucker or cp"),
+            m => bail!("unknown method {m}; use tucker, tucker2 or cp"),
         }
         let total = start.elapsed().as_secs_f64() * 1e3;
         let each: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();

@@ -356,7 +356,11 @@ pub fn sym_eig_top<T: Real>(m: &ArrayView2<'_, T>, k: usize) -> Result<(Array1<T
         );
     }
     lapack_check("dormtr workspace query", info)?;
-    let mut work = vec![0.0f64; work_size(query[0], k)];
+    // `dormtr`'s query omits the `65 × 64` block-reflector buffer `dormqr` needs on top of it
+    // (LAPACK ≥ 3.7), so with exactly the queried size `dormqr` silently drops to its unblocked
+    // code (`dorm2r`: 13% of a 512 × 512, k = 128 eigenproblem went to scanning for zero
+    // columns). Give it the room for the largest block size as well.
+    let mut work = vec![0.0f64; work_size(query[0] + (65 * 64 + 64 * k) as f64, k)];
     let lwork = work.len() as c_int;
     unsafe {
         dormtr_(

@@ -64,6 +64,7 @@ use ndarray::{
     Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn,
 };
 use ndarray_linalg::QRInto;
+use rayon::prelude::*;
 
 use crate::error::{GbtdError, Result};
 use crate::linalg::{
@@ -566,12 +567,8 @@ impl<'a, T: Real> Laid<'a, T> {
             let mid = x3.len_of(axis) / 2;
             let (xa, xb) = x3.split_at(axis, mid);
             let _single = SingleThreadedBlas::new();
-            let (ga, gb) = std::thread::scope(|scope| {
-                let hb = scope.spawn(move || gram_chunk(xb));
-                (gram_chunk(xa), hb.join())
-            });
-            let gb = gb.map_err(|_| GbtdError::Linalg("Gram worker thread panicked".into()))??;
-            ga? + gb
+            let (ga, gb) = rayon::join(|| gram_chunk(xa), || gram_chunk(xb));
+            ga? + gb?
         } else {
             gram_chunk(x3)?
         };
@@ -607,7 +604,7 @@ const CHUNK: usize = 512;
 /// Measured on 2 cores for `Aᵀ·X`, `X` `100 × 10⁴`, `A` `100 × 10`, best of 300
 /// (`OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example pass_timing`): one OpenBLAS call
 /// on 2 threads 0.39 ms; [`CHUNK`]-column calls on one thread 0.46 ms; the chunks split over two
-/// threads of our own 0.25 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
+/// threads 0.25 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
 /// after each threaded call, competing with these threads: see
 /// [`crate::linalg::park_blas_threads`].)
 fn split_parts(work: f64) -> usize {
@@ -618,20 +615,14 @@ fn split_parts(work: f64) -> usize {
     }
 }
 
-/// Runs `f` on each item, the first on this thread and the others on scoped threads of their
-/// own.
-fn run_parts<I: Send, F: Fn(I) + Sync>(items: Vec<I>, f: F) {
-    let mut items = items.into_iter();
-    let Some(first) = items.next() else {
-        return;
-    };
-    std::thread::scope(|scope| {
-        for item in items {
-            let f = &f;
-            scope.spawn(move || f(item));
-        }
-        f(first);
-    });
+/// Runs `f` on each item, in parallel on rayon's pool when there are several (a hand-off there
+/// costs microseconds, a scoped thread spawn about 60 µs, a quarter of a 0.25 ms pass).
+fn run_parts<I: Send, F: Fn(I) + Sync + Send>(items: Vec<I>, f: F) {
+    if items.len() <= 1 {
+        items.into_iter().for_each(f);
+    } else {
+        items.into_par_iter().for_each(f);
+    }
 }
 
 /// `out = Aᵀ · b` for `A` `(d × r)` and `b` `(d × n)` (any strides, e.g. a transposed `X`).
