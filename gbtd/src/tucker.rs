@@ -506,17 +506,16 @@ impl<'a, T: Real> Laid<'a, T> {
                 work,
             );
         } else {
-            // A middle mode with wide slices: out[i] = Aᵀ · x[i], the slices split over the threads.
-            let per = p.div_ceil(parts);
-            let chunks: Vec<_> = x3
-                .axis_chunks_iter(Axis(0), per)
-                .zip(out.axis_chunks_iter_mut(Axis(0), per))
-                .collect();
-            run_parts(chunks, |(xs, mut os)| {
-                for (src, dst) in xs.outer_iter().zip(os.outer_iter_mut()) {
-                    at_times(a, &src, dst, 1, work);
-                }
-            });
+            // A middle mode with wide slices: out[i] = Aᵀ · x[i], the slices shared out over the
+            // threads.
+            let slices: Vec<_> = x3.outer_iter().zip(out.outer_iter_mut()).collect();
+            let product =
+                |(src, dst): (ArrayView2<'_, T>, ArrayViewMut2<'_, T>)| at_times(a, &src, dst, 1, work);
+            if parts > 1 {
+                slices.into_par_iter().for_each(product);
+            } else {
+                slices.into_iter().for_each(product);
+            }
         }
         Ok(Laid {
             data: CowArray::from(out.into_shape_with_order(IxDyn(&shape))?),
@@ -615,22 +614,13 @@ fn split_parts(work: f64) -> usize {
     }
 }
 
-/// Runs `f` on each item, in parallel on rayon's pool when there are several (a hand-off there
-/// costs microseconds, a scoped thread spawn about 60 µs, a quarter of a 0.25 ms pass).
-fn run_parts<I: Send, F: Fn(I) + Sync + Send>(items: Vec<I>, f: F) {
-    if items.len() <= 1 {
-        items.into_iter().for_each(f);
-    } else {
-        items.into_par_iter().for_each(f);
-    }
-}
-
 /// `out = Aᵀ · b` for `A` `(d × r)` and `b` `(d × n)` (any strides, e.g. a transposed `X`).
 ///
 /// For medium `work` (below [`SMALL_BLAS_WORK`]), the columns go in [`CHUNK`]-wide BLAS calls,
-/// whose packed operands stay in cache, and the chunks are shared out over `parts` threads (as
-/// whole chunks, so every output entry is the same sum whatever `parts` is). Larger products are
-/// one BLAS call, threaded by OpenBLAS.
+/// whose packed operands stay in cache; with `parts > 1` rayon's pool takes them one by one (a
+/// hand-off costs microseconds, a scoped thread spawn about 60 µs, and a core the host stalls
+/// for a moment does not hold up the others). Every output entry comes from the same call
+/// whatever the thread count. Larger products are one BLAS call, threaded by OpenBLAS.
 fn at_times<T: Real>(
     a: &ArrayView2<'_, T>,
     b: &ArrayView2<'_, T>,
@@ -643,19 +633,18 @@ fn at_times<T: Real>(
         general_mat_mul(T::one(), &a.t(), b, T::zero(), &mut out);
         return;
     }
-    let per = n.div_ceil(CHUNK).div_ceil(parts.max(1)) * CHUNK;
     let pieces: Vec<_> = b
-        .axis_chunks_iter(Axis(1), per)
-        .zip(out.axis_chunks_iter_mut(Axis(1), per))
+        .axis_chunks_iter(Axis(1), CHUNK)
+        .zip(out.axis_chunks_iter_mut(Axis(1), CHUNK))
         .collect();
-    run_parts(pieces, |(bp, mut op)| {
-        for (bc, mut oc) in bp
-            .axis_chunks_iter(Axis(1), CHUNK)
-            .zip(op.axis_chunks_iter_mut(Axis(1), CHUNK))
-        {
-            general_mat_mul(T::one(), &a.t(), &bc, T::zero(), &mut oc);
-        }
-    });
+    let product = |(bc, mut oc): (ArrayView2<'_, T>, ArrayViewMut2<'_, T>)| {
+        general_mat_mul(T::one(), &a.t(), &bc, T::zero(), &mut oc);
+    };
+    if parts > 1 {
+        pieces.into_par_iter().for_each(product);
+    } else {
+        pieces.into_iter().for_each(product);
+    }
 }
 
 /// The lower triangle of `Σ_p x[p] x[p]ᵀ` for `x` `(P, d, Q)` — of `x_{(P×d)}ᵀ x_{(P×d)}` when
