@@ -55,10 +55,10 @@
 //!   the faster way round for OpenBLAS's packing (the layout records each storage axis's mode).
 //! - Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with
 //!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]). Their medium products over
-//!   `X` go in 512-column BLAS calls shared out over threads of our own (whole calls per thread,
-//!   so products do not depend on the thread count); medium Gram matrices are split in two
-//!   halves, deterministically (the split depends only on the sizes and
-//!   [`crate::linalg::blas_parallelism`]).
+//!   `X` go in 512-column BLAS calls, and their Gram matrices are sums over fixed pieces of the
+//!   contracted index, both shared out over rayon's pool. Each output entry comes from the same
+//!   calls whatever the thread count, so the factors are bitwise the same at 1 or 2 threads
+//!   (`tests/cli.rs` checks this).
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
     Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn,
@@ -558,16 +558,30 @@ impl<'a, T: Real> Laid<'a, T> {
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
         let work = (p * q * d * d) as f64;
         // OpenBLAS does not thread `syrk` with a small output (100 × 100 from a 100³ tensor took
-        // 3.2 ms on 1 or 2 threads), so medium Gram matrices are split over two threads of our own
-        // along P (rows, or slices) or, for the first mode, Q (columns): the Gram matrix is the sum
-        // of the parts' (1.6 ms). The split depends only on the sizes and `blas_parallelism`.
-        let axis = if p >= 2 { Axis(0) } else { Axis(2) };
-        let mut g = if split_parts(work) > 1 && x3.len_of(axis) >= 2 {
-            let mid = x3.len_of(axis) / 2;
-            let (xa, xb) = x3.split_at(axis, mid);
+        // 3.2 ms on 1 or 2 threads). A medium Gram matrix is therefore the sum of the Gram
+        // matrices of fixed pieces of the contracted index: CHUNK rows (last mode), CHUNK columns
+        // (first mode) or slices of about CHUNK columns (middle mode), computed on rayon's pool when
+        // the process may use several threads, and added up in order, so the value depends only
+        // on the sizes, not on the thread count.
+        let parts = split_parts(work);
+        let mut g = if (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work) {
+            let (axis, size) = match (p, q) {
+                (_, 1) => (Axis(0), CHUNK),
+                (1, _) => (Axis(2), CHUNK),
+                _ => (Axis(0), CHUNK.div_ceil(q)),
+            };
             let _single = SingleThreadedBlas::new();
-            let (ga, gb) = rayon::join(|| gram_chunk(xa), || gram_chunk(xb));
-            ga? + gb?
+            let pieces: Vec<_> = x3.axis_chunks_iter(axis, size).collect();
+            let partial: Vec<Result<Array2<T>>> = if parts > 1 {
+                pieces.into_par_iter().map(gram_chunk).collect()
+            } else {
+                pieces.into_iter().map(gram_chunk).collect()
+            };
+            let mut sum = Array2::<T>::zeros((d, d));
+            for g in partial {
+                sum += &g?;
+            }
+            sum
         } else {
             gram_chunk(x3)?
         };
@@ -595,7 +609,7 @@ const SPLIT_MIN_WORK: f64 = 4e6;
 /// Columns per BLAS call in [`at_times`].
 const CHUNK: usize = 512;
 
-/// How many threads of our own a product of `work` flops over `X` (or a projection of it) is
+/// How many threads (rayon's pool) a product of `work` flops over `X` (or a projection of it) is
 /// split over: [`blas_parallelism`] for medium products (from [`SPLIT_MIN_WORK`] up to
 /// [`SMALL_BLAS_WORK`], which run inside a [`SingleThreadedBlas`] scope), else 1 (small ones are
 /// not worth a thread, large ones are threaded by OpenBLAS itself).

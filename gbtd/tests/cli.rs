@@ -609,3 +609,42 @@ fn bad_input_gives_one_error_line_and_no_output() {
         ]
     );
 }
+
+/// Medium problems split their products over threads (in fixed 512-column pieces) and their
+/// Gram matrices into fixed pieces, so the factors are bitwise the same whatever the number of
+/// BLAS threads the process is given.
+#[test]
+fn factors_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    // 60³ with rank 10: 2·|X|·R ≈ 4.3 MFLOP per product, inside the split range.
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &randn(&[60, 60, 60], 77)).unwrap();
+    for (method, rank) in [("tucker", "10,10,10"), ("cp", "10")] {
+        let mut factors = Vec::new();
+        for threads in ["1", "2"] {
+            let out = dir.path().join(format!("{method}-{threads}.safetensors"));
+            let o = Command::new(env!("CARGO_BIN_EXE_gbtd"))
+                .args(["decompose", s(&input), "--method", method, "--rank", rank])
+                .args(["--max-iter", "5", "--tol", "0", "--quiet", "--out", s(&out)])
+                .env_remove("LD_LIBRARY_PATH")
+                .env("OPENBLAS_NUM_THREADS", threads)
+                .output()
+                .expect("run gbtd");
+            ok(&o);
+            let bytes = std::fs::read(&out).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut tensors: Vec<(String, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.data().to_vec()))
+                .collect();
+            tensors.sort();
+            factors.push(tensors);
+        }
+        assert!(!factors[0].is_empty());
+        assert!(
+            factors[0] == factors[1],
+            "{method}: factors differ between 1 and 2 threads"
+        );
+    }
+}
