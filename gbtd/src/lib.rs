@@ -19,6 +19,7 @@ pub mod io;
 pub mod layers;
 pub mod linalg;
 pub mod options;
+mod parallel;
 #[doc(hidden)]
 pub mod peers;
 pub mod random;

@@ -64,14 +64,14 @@ use ndarray::{
     Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn,
 };
 use ndarray_linalg::QRInto;
-use rayon::prelude::*;
 
 use crate::error::{GbtdError, Result};
 use crate::linalg::{
-    SMALL_BLAS_WORK, SingleThreadedBlas, WarmEig, blas_parallelism, leading_left_singular_vectors,
-    mirror_lower, psd_eig_top_warm, sym_eig_top, syrk_lower,
+    SMALL_BLAS_WORK, SingleThreadedBlas, WarmEig, leading_left_singular_vectors, mirror_lower,
+    psd_eig_top_warm, sym_eig_top, syrk_lower,
 };
 use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
+use crate::parallel::map_items;
 use crate::random::{randn2, rng};
 use crate::real::Real;
 use crate::tensor::{check_mode, multi_mode_dot, validate_tensor};
@@ -496,26 +496,21 @@ impl<'a, T: Real> Laid<'a, T> {
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
         let mut out = Array3::<T>::zeros((p, r, q));
         let work = 2.0 * (p * d * q * r) as f64;
-        let parts = split_parts(work);
         if p == 1 {
             at_times(
                 a,
                 &x3.index_axis(Axis(0), 0),
                 out.index_axis_mut(Axis(0), 0),
-                parts,
                 work,
+                true,
             );
         } else {
             // A middle mode with wide slices: out[i] = Aᵀ · x[i], the slices shared out over the
             // threads.
             let slices: Vec<_> = x3.outer_iter().zip(out.outer_iter_mut()).collect();
-            let product =
-                |(src, dst): (ArrayView2<'_, T>, ArrayViewMut2<'_, T>)| at_times(a, &src, dst, 1, work);
-            if parts > 1 {
-                slices.into_par_iter().for_each(product);
-            } else {
-                slices.into_iter().for_each(product);
-            }
+            map_items(slices, split(work), |(src, dst)| {
+                at_times(a, &src, dst, work, false)
+            });
         }
         Ok(Laid {
             data: CowArray::from(out.into_shape_with_order(IxDyn(&shape))?),
@@ -534,7 +529,7 @@ impl<'a, T: Real> Laid<'a, T> {
         let x2 = self.data.view().into_shape_with_order((p, d))?;
         let mut out = Array2::<T>::zeros((r, p));
         let work = 2.0 * (p * d * r) as f64;
-        at_times(a, &x2.t(), out.view_mut(), split_parts(work), work);
+        at_times(a, &x2.t(), out.view_mut(), work, true);
         // Storage axes after `pos` (if any) have size 1: they follow the others.
         let mut shape = vec![r];
         shape.extend_from_slice(&self.data.shape()[..pos]);
@@ -563,7 +558,6 @@ impl<'a, T: Real> Laid<'a, T> {
         // (first mode) or slices of about CHUNK columns (middle mode), computed on rayon's pool when
         // the process may use several threads, and added up in order, so the value depends only
         // on the sizes, not on the thread count.
-        let parts = split_parts(work);
         let mut g = if (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work) {
             let (axis, size) = match (p, q) {
                 (_, 1) => (Axis(0), CHUNK),
@@ -572,11 +566,7 @@ impl<'a, T: Real> Laid<'a, T> {
             };
             let _single = SingleThreadedBlas::new();
             let pieces: Vec<_> = x3.axis_chunks_iter(axis, size).collect();
-            let partial: Vec<Result<Array2<T>>> = if parts > 1 {
-                pieces.into_par_iter().map(gram_chunk).collect()
-            } else {
-                pieces.into_iter().map(gram_chunk).collect()
-            };
+            let partial = map_items(pieces, split(work), gram_chunk);
             let mut sum = Array2::<T>::zeros((d, d));
             for g in partial {
                 sum += &g?;
@@ -609,41 +599,35 @@ const SPLIT_MIN_WORK: f64 = 4e6;
 /// Columns per BLAS call in [`at_times`].
 const CHUNK: usize = 512;
 
-/// How many threads (rayon's pool) a product of `work` flops over `X` (or a projection of it) is
-/// split over: [`blas_parallelism`] for medium products (from [`SPLIT_MIN_WORK`] up to
-/// [`SMALL_BLAS_WORK`], which run inside a [`SingleThreadedBlas`] scope), else 1 (small ones are
-/// not worth a thread, large ones are threaded by OpenBLAS itself).
+/// Whether a product of `work` flops over `X` (or a projection of it) is shared out over the
+/// worker pool ([`crate::parallel`]): medium products (from [`SPLIT_MIN_WORK`] up to
+/// [`SMALL_BLAS_WORK`], which run inside a [`SingleThreadedBlas`] scope) are; small ones are not
+/// worth a hand-off, large ones are threaded by OpenBLAS itself.
 ///
 /// Measured on 2 cores for `Aᵀ·X`, `X` `100 × 10⁴`, `A` `100 × 10`, best of 300
 /// (`OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example pass_timing`): one OpenBLAS call
-/// on 2 threads 0.39 ms; [`CHUNK`]-column calls on one thread 0.46 ms; the chunks split over two
-/// threads 0.25 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
+/// on 2 threads 0.39 ms; [`CHUNK`]-column calls on one thread 0.46 ms; the chunks shared out over
+/// two pool threads 0.24 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
 /// after each threaded call, competing with these threads: see
 /// [`crate::linalg::park_blas_threads`].)
-fn split_parts(work: f64) -> usize {
-    if (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work) {
-        blas_parallelism()
-    } else {
-        1
-    }
+fn split(work: f64) -> bool {
+    (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work)
 }
 
 /// `out = Aᵀ · b` for `A` `(d × r)` and `b` `(d × n)` (any strides, e.g. a transposed `X`).
 ///
 /// For medium `work` (below [`SMALL_BLAS_WORK`]), the columns go in [`CHUNK`]-wide BLAS calls,
-/// whose packed operands stay in cache; with `parts > 1` rayon's pool takes them one by one (a
-/// hand-off costs microseconds, a scoped thread spawn about 60 µs, and a core the host stalls
-/// for a moment does not hold up the others). Every output entry comes from the same call
-/// whatever the thread count. Larger products are one BLAS call, threaded by OpenBLAS.
+/// whose packed operands stay in cache, shared out over the worker pool when `parallel` and
+/// [`split`] allow it. Every output entry comes from the same call whatever the thread count.
+/// Larger products are one BLAS call, threaded by OpenBLAS.
 fn at_times<T: Real>(
     a: &ArrayView2<'_, T>,
     b: &ArrayView2<'_, T>,
     mut out: ArrayViewMut2<'_, T>,
-    parts: usize,
     work: f64,
+    parallel: bool,
 ) {
-    let n = b.ncols();
-    if work >= SMALL_BLAS_WORK || n <= CHUNK {
+    if work >= SMALL_BLAS_WORK || b.ncols() <= CHUNK {
         general_mat_mul(T::one(), &a.t(), b, T::zero(), &mut out);
         return;
     }
@@ -651,14 +635,9 @@ fn at_times<T: Real>(
         .axis_chunks_iter(Axis(1), CHUNK)
         .zip(out.axis_chunks_iter_mut(Axis(1), CHUNK))
         .collect();
-    let product = |(bc, mut oc): (ArrayView2<'_, T>, ArrayViewMut2<'_, T>)| {
+    map_items(pieces, parallel && split(work), |(bc, mut oc)| {
         general_mat_mul(T::one(), &a.t(), &bc, T::zero(), &mut oc);
-    };
-    if parts > 1 {
-        pieces.into_par_iter().for_each(product);
-    } else {
-        pieces.into_iter().for_each(product);
-    }
+    });
 }
 
 /// The lower triangle of `Σ_p x[p] x[p]ᵀ` for `x` `(P, d, Q)` — of `x_{(P×d)}ᵀ x_{(P×d)}` when
