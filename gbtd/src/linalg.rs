@@ -13,6 +13,7 @@
 //! [`SingleThreadedBlas`] keeps OpenBLAS on one thread for small problems.
 use std::any::TypeId;
 use std::os::raw::{c_char, c_int};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO, cblas_dsyrk, cblas_ssyrk};
 use lapack_sys::{dormtr_, dstedc_, dstemr_, dsytrd_};
@@ -499,25 +500,31 @@ unsafe extern "C" {
     // Thread control of the linked OpenBLAS.
     fn openblas_get_num_threads() -> c_int;
     fn openblas_set_num_threads(num_threads: c_int);
-    // Joins OpenBLAS's worker threads; its next threaded call starts them again (the routine
-    // behind OpenBLAS's own fork handler).
+    // Joins OpenBLAS's worker threads; `openblas_set_num_threads` or a threaded call starts them
+    // again (the routine behind OpenBLAS's own fork handler).
     fn blas_thread_shutdown_() -> c_int;
 }
 
-/// Stops OpenBLAS's idle worker threads now. OpenBLAS starts them when the library is loaded and
-/// lets them spin (`sched_yield`) for about 0.1 s before they sleep, and again after every
-/// threaded call. A short-lived process that then runs a small decomposition on threads of its
-/// own shares the cores with those spinning workers for its whole run: on 2 cores this made the
-/// `gbtd` CLI's CP of a 100³ tensor about 30% slower. OpenBLAS restarts the workers on its next
-/// threaded call, so this only costs that call a thread start.
+/// Whether [`SingleThreadedBlas`] also joins OpenBLAS's idle workers (see [`allow_blas_parking`]).
+static PARKING: AtomicBool = AtomicBool::new(false);
+
+/// From now on, whenever a [`SingleThreadedBlas`] guard switches OpenBLAS to one thread, it also
+/// joins OpenBLAS's idle worker threads; the guard's drop restores the thread count, and OpenBLAS
+/// then starts them again.
+///
+/// OpenBLAS's idle workers spin (`sched_yield`) for up to about 0.1 s after BLAS activity before
+/// they sleep, a whole small decomposition long, and switching OpenBLAS to one thread does not
+/// stop them: inside a fresh `SingleThreadedBlas` scope the worker still burnt 0.01–0.05 s of CPU
+/// while the process slept 0.3 s, against none when parked (`examples/blas_parking.rs`). A
+/// decomposition running on one BLAS thread plus threads of its own would share the cores with
+/// it. Joining the workers is what OpenBLAS's own fork handler does (`blas_thread_shutdown_`).
 ///
 /// # Safety
-/// No other thread may be inside a BLAS or LAPACK call (or start one) while this runs. The `gbtd`
-/// CLI calls it first thing in `main`, before any other thread exists.
-pub unsafe fn park_blas_threads() {
-    // SAFETY: the caller guarantees that no BLAS call is in flight; the routine only joins the
-    // workers and marks the pool as not started.
-    unsafe { blas_thread_shutdown_() };
+/// While a guard is being created, no other thread may be inside a BLAS or LAPACK call or start
+/// one. The `gbtd` CLI calls this first thing in `main` and makes all its BLAS calls from the
+/// decomposition itself; a library user that calls BLAS from several threads must not.
+pub unsafe fn allow_blas_parking() {
+    PARKING.store(true, Ordering::SeqCst);
 }
 
 /// Below this many floating-point operations per BLAS call, a threaded OpenBLAS call is slower
@@ -543,6 +550,11 @@ impl SingleThreadedBlas {
         let previous = unsafe { openblas_get_num_threads() };
         if previous > 1 {
             unsafe { openblas_set_num_threads(1) };
+            if PARKING.load(Ordering::SeqCst) {
+                // SAFETY: `allow_blas_parking`'s caller guarantees that no other BLAS call is in
+                // flight; the routine only joins the (now idle) workers.
+                unsafe { blas_thread_shutdown_() };
+            }
         }
         SingleThreadedBlas { previous }
     }

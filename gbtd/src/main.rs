@@ -20,8 +20,9 @@ mod cli {
 use cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    // SAFETY: no other thread exists yet, so no BLAS call is in flight (see `park_blas_threads`).
-    unsafe { gbtd::linalg::park_blas_threads() };
+    // SAFETY: every BLAS call of this process is made by the decomposition it runs (see
+    // `allow_blas_parking`).
+    unsafe { gbtd::linalg::allow_blas_parking() };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return cli::args::usage_error(e),

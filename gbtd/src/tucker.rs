@@ -609,7 +609,7 @@ const CHUNK: usize = 512;
 /// on 2 threads 0.39 ms; [`CHUNK`]-column calls on one thread 0.46 ms; the chunks shared out over
 /// two pool threads 0.24 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
 /// after each threaded call, competing with these threads: see
-/// [`crate::linalg::park_blas_threads`].)
+/// [`crate::linalg::allow_blas_parking`].)
 fn split(work: f64) -> bool {
     (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work)
 }
