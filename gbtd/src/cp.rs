@@ -31,7 +31,7 @@
 //!
 //! Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with OpenBLAS on
 //! one thread ([`crate::linalg::SingleThreadedBlas`]); the order-3 strategy's products with `X` are
-//! shared out over rayon's pool (see [`crate::tucker`]).
+//! shared out over [`crate::parallel`] (see [`crate::tucker`]).
 //!
 //! The error `‖X − X̂‖² = ‖X‖² − 2⟨X, X̂⟩ + ‖X̂‖²` is computed without `X̂`, as TensorLy does:
 //! `⟨X, X̂⟩ = Σ_{i,r} M_{N-1}[i,r] · Ã_{N-1}[i,r]` from the last MTTKRP and

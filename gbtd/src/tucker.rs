@@ -56,7 +56,7 @@
 //! - Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with
 //!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]). Their medium products over
 //!   `X` go in 512-column BLAS calls, and their Gram matrices are sums over fixed pieces of the
-//!   contracted index, both shared out over rayon's pool. Each output entry comes from the same
+//!   contracted index, both shared out over [`crate::parallel`]. Each output entry comes from the same
 //!   calls whatever the thread count, so the factors are bitwise the same at 1 or 2 threads
 //!   (`tests/cli.rs` checks this).
 use ndarray::linalg::general_mat_mul;
@@ -555,7 +555,7 @@ impl<'a, T: Real> Laid<'a, T> {
         // OpenBLAS does not thread `syrk` with a small output (100 × 100 from a 100³ tensor took
         // 3.2 ms on 1 or 2 threads). A medium Gram matrix is therefore the sum of the Gram
         // matrices of fixed pieces of the contracted index: CHUNK rows (last mode), CHUNK columns
-        // (first mode) or slices of about CHUNK columns (middle mode), computed on rayon's pool when
+        // (first mode) or slices of about CHUNK columns (middle mode), computed in parallel when
         // the process may use several threads, and added up in order, so the value depends only
         // on the sizes, not on the thread count.
         let mut g = if (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work) {
