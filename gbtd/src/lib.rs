@@ -19,7 +19,7 @@ pub mod io;
 pub mod layers;
 pub mod linalg;
 pub mod options;
-mod parallel;
+pub mod parallel;
 #[doc(hidden)]
 pub mod peers;
 pub mod random;
