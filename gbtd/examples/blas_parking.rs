@@ -1,6 +1,6 @@
 //! Shows what `gbtd::linalg::allow_blas_parking` does: the number of threads of this process and
 //! the CPU time they burn while the main thread sleeps, inside and after a `SingleThreadedBlas`
-//! scope. Without parking, OpenBLAS's worker spins for about 0.1 s after the library loads.
+//! scope. Without parking, OpenBLAS's idle worker keeps spinning inside the scope for a while.
 //!
 //! `OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example blas_parking [-- park]`
 use std::time::Duration;

@@ -103,7 +103,6 @@ pub fn psd_eig_top_warm<T: Real>(
     if g.ncols() != d || u0.dim() != (d, k) || k == 0 || 2 * k > d {
         return Ok(WarmEig::Uncertified);
     }
-    let trace: f64 = g.diag().iter().map(|v| v.to_f64_exact()).sum();
     let tol = 1e-2 * T::epsilon().to_f64_exact().sqrt();
     let mut u = u0.to_owned();
     let mut gu = g.dot(&u);
@@ -118,19 +117,26 @@ pub fn psd_eig_top_warm<T: Real>(
         let (theta, w) = sym_eig_top(&h.view(), k)?;
         u = q.dot(&w);
         gu = gq.dot(&w);
-        let theta_k = theta[k - 1].to_f64_exact();
-        let rest = trace - theta.iter().map(|v| v.to_f64_exact()).sum::<f64>();
         let mut r2 = 0.0f64;
         for ((&a, &b), (_, j)) in gu.iter().zip(u.iter()).zip(ndarray::indices((d, k))) {
             let r = a.to_f64_exact() - b.to_f64_exact() * theta[j].to_f64_exact();
             r2 += r * r;
         }
-        let gap = theta_k - rest.max(0.0);
+        let gap = trace_gap(g, &theta);
         if gap > 0.0 && r2.sqrt() <= tol * gap {
             return Ok(WarmEig::Certified(theta, u));
         }
     }
     Ok(WarmEig::Uncertified)
+}
+
+/// The trace certificate of [`psd_eig_top_warm`]: `θ_k − max(ρ, 0)` with `ρ = tr(G) − Σ_{i≤k} θ_i`,
+/// for lower bounds `θ_1 ≥ … ≥ θ_k` of the `k` leading eigenvalues of a PSD `g`. Positive exactly
+/// when it proves that no other eigenvalue reaches `θ_k`; it then bounds the gap below.
+pub(crate) fn trace_gap<T: Real>(g: &ArrayView2<'_, T>, theta: &Array1<T>) -> f64 {
+    let trace: f64 = g.diag().iter().map(|v| v.to_f64_exact()).sum();
+    let rest = trace - theta.iter().map(|v| v.to_f64_exact()).sum::<f64>();
+    theta.last().map_or(f64::NEG_INFINITY, |t| t.to_f64_exact()) - rest.max(0.0)
 }
 
 /// Solves `X · M = B` for `X` with `M` symmetric positive semi-definite (`r × r`), as the normal

@@ -68,7 +68,7 @@ use ndarray_linalg::QRInto;
 use crate::error::{GbtdError, Result};
 use crate::linalg::{
     SMALL_BLAS_WORK, SingleThreadedBlas, WarmEig, leading_left_singular_vectors, mirror_lower,
-    psd_eig_top_warm, sym_eig_top, syrk_lower,
+    psd_eig_top_warm, sym_eig_top, syrk_lower, trace_gap,
 };
 use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
 use crate::parallel::map_items;
@@ -694,9 +694,7 @@ fn leading_with_gram<T: Real>(
                     WarmEig::Certified(vals, u) => (vals, u),
                     WarmEig::Uncertified => sym_eig_top(&g.view(), k)?,
                 };
-                let trace: f64 = g.diag().iter().map(|v| v.to_f64_exact()).sum();
-                let top: f64 = vals.iter().map(|v| v.to_f64_exact()).sum();
-                *try_warm = vals[k - 1].to_f64_exact() > trace - top;
+                *try_warm = trace_gap(&g.view(), &vals) > 0.0;
                 (vals, u)
             }
             None => sym_eig_top(&g.view(), k)?,
