@@ -2,5 +2,6 @@
 pub use tch;
 pub mod arch;
 pub mod count;
+pub mod data;
 pub mod nn;
 pub mod table;
