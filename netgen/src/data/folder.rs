@@ -128,14 +128,19 @@ pub fn list(dir: &Path) -> Result<(Vec<String>, FolderSplit, FolderSplit), DataE
     Ok((names, FolderSplit::new(train), FolderSplit::new(val)))
 }
 
+/// An error message on one line (decoder messages may contain line breaks).
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Decodes one file to RGB.
 fn decode(path: &Path) -> Result<(Vec<u8>, usize, usize), String> {
     let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
+        .map_err(one_line)?
         .with_guessed_format()
-        .map_err(|e| e.to_string())?
+        .map_err(one_line)?
         .decode()
-        .map_err(|e| e.to_string())?;
+        .map_err(one_line)?;
     let rgb = img.into_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if w == 0 || h == 0 {
