@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use super::transform::Scratch;
 use super::{DataError, Inner, rng_for};
@@ -49,25 +49,50 @@ impl Job {
         let idx = self.indices(b);
         let (c, s) = (self.inner.channels, self.inner.size);
         let per = c * s * s;
-        let mut images = vec![0f32; idx.len() * per];
-        let mut labels = Vec::with_capacity(idx.len());
-        for (k, &i) in idx.iter().enumerate() {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(None);
+        let n = idx.len();
+        let mut images = Tensor::empty(
+            [n as i64, c as i64, s as i64, s as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        let mut labels = Vec::with_capacity(n);
+        {
+            let buf = cpu_f32_mut(&mut images, n * per);
+            for (k, &i) in idx.iter().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let mut rng = self.augment.then(|| rng_for(self.seed, self.epoch, i as u64));
+                let out = &mut buf[k * per..(k + 1) * per];
+                labels.push(
+                    self.inner
+                        .sample(self.train, i as usize, rng.as_mut(), out, scratch)?,
+                );
             }
-            let mut rng = self.augment.then(|| rng_for(self.seed, self.epoch, i as u64));
-            let out = &mut images[k * per..(k + 1) * per];
-            labels.push(
-                self.inner
-                    .sample(self.train, i as usize, rng.as_mut(), out, scratch)?,
-            );
         }
-        let n = idx.len() as i64;
         Ok(Some(Batch {
-            images: Tensor::from_slice(&images).view([n, c as i64, s as i64, s as i64]),
+            images,
             labels: Tensor::from_slice(&labels),
         }))
     }
+}
+
+/// The storage of a freshly allocated, contiguous CPU `f32` tensor of `numel` elements, to be
+/// written in place. Building the batch in a `Vec` and calling `Tensor::from_slice` would
+/// zero-fill and copy on torch's intra-op thread pool, which, called from a thread other than the
+/// training loop's or on a busy machine, costs more than building the whole batch (measured:
+/// 17 ms per 128×28×28 batch under load, against 20 µs written in place).
+fn cpu_f32_mut(t: &mut Tensor, numel: usize) -> &mut [f32] {
+    assert!(
+        t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous() && t.numel() == numel,
+        "cpu_f32_mut needs a contiguous CPU f32 tensor of {numel} elements"
+    );
+    if numel == 0 {
+        return &mut [];
+    }
+    // SAFETY: `t` was just created by `Tensor::empty` in the caller, so its storage is a live,
+    // contiguous, properly aligned allocation of `numel` f32 values that no other tensor or
+    // thread refers to; the slice borrows `t`, so the storage outlives it.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, numel) }
 }
 
 enum Mode {
