@@ -114,7 +114,11 @@ c = read("t10k-images-idx3-ubyte", False); d = read("t10k-labels-idx1-ubyte", Fa
 x = a.astype(np.float64) / 255
 mean, std = x.mean(), x.std()
 norm = ((c.astype(np.float64) / 255 - mean) / std).astype(np.float32)[:, None]
-save_file({"train_x": np.ascontiguousarray(a), "train_y": np.ascontiguousarray(b),
+# PIL's bilinear resize of each test image to 32×32 (the input-size option), then normalised.
+from PIL import Image
+up = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in c])
+norm32 = ((up.astype(np.float64) / 255 - mean) / std).astype(np.float32)[:, None]
+save_file({"test_norm32": norm32, "train_x": np.ascontiguousarray(a), "train_y": np.ascontiguousarray(b),
            "test_x": np.ascontiguousarray(c), "test_y": np.ascontiguousarray(d),
            "mean": np.array([mean], np.float32), "std": np.array([std], np.float32),
            "test_norm": norm}, f"{out}/ref.safetensors")
@@ -159,6 +163,18 @@ fn idx_reader_and_eval_pipeline_match_numpy() {
         let want: Vec<i64> = bytes(&get(&r, "test_y")).into_iter().map(i64::from).collect();
         assert_eq!(y, want);
     }
+    // A network input larger than the native side: images are resized like PIL's bilinear
+    // (which rounds to whole grey levels: allow one, 1/255/std ≈ 0.014).
+    let o = DataOptions {
+        input_size: Some(32),
+        ..opts(2, false)
+    };
+    let data = Data::open(&DataSource::Mnist(dir.path().into()), &o).unwrap();
+    assert_eq!(data.info().input_size, 32);
+    let (x, _, _, shape) = collect(data.test_batches(5));
+    assert_eq!(shape[1..], [1, 32, 32]);
+    let d = max_abs_diff(&x, &floats(&get(&r, "test_norm32")));
+    assert!(d < 0.015, "resize to 32 differs from PIL by {d}");
 }
 
 const CIFAR_FIXTURE: &str = r#"
@@ -488,6 +504,63 @@ fn batches_are_deterministic_across_workers_epochs_and_skip() {
         .train_batches(0, 0, 1, 0);
     assert!(early.next().unwrap().is_ok());
     drop(early);
+}
+
+/// Training augmentation of 28×28 images is a crop of the image zero-padded by 2 pixels, then
+/// possibly a horizontal flip: every augmented sample equals one of the 5×5×2 candidates built
+/// here by brute force from the raw bytes, and the draws cover shifts in both directions and both
+/// flips.
+#[test]
+fn small_image_augmentation_is_a_padded_crop_and_flip() {
+    let dir = idx_dir(64, 4);
+    let raw = lcg_bytes(64 * 784, 1, 255);
+    let data = Data::open(&DataSource::FashionMnist(dir.path().into()), &opts(2, true)).unwrap();
+    let (mean, std) = (data.info().mean[0], data.info().std[0]);
+    let perm = data.train_permutation(1, 3);
+    let (x, _, _, _) = collect(data.train_batches(1, 3, 16, 0));
+    let (pad, side) = (2i64, 28i64);
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, &i) in perm.iter().enumerate() {
+        let src = &raw[i as usize * 784..(i as usize + 1) * 784];
+        let got = &x[k * 784..(k + 1) * 784];
+        let mut found = None;
+        for dy in 0..=2 * pad {
+            for dx in 0..=2 * pad {
+                for flip in [false, true] {
+                    let cand: Vec<f32> = (0..side * side)
+                        .map(|p| {
+                            let (y, mut xx) = (p / side, p % side);
+                            if flip {
+                                xx = side - 1 - xx;
+                            }
+                            let (sy, sx) = (y + dy - pad, xx + dx - pad);
+                            let v = if (0..side).contains(&sy) && (0..side).contains(&sx) {
+                                src[(sy * side + sx) as usize] as f32
+                            } else {
+                                0.0
+                            };
+                            (v / 255.0 - mean) / std
+                        })
+                        .collect();
+                    if max_abs_diff(&cand, got) < 1e-5 {
+                        found = Some((dy, dx, flip));
+                    }
+                }
+            }
+        }
+        seen.insert(
+            found.unwrap_or_else(|| panic!("sample {k} (image {i}) is no padded crop/flip of its image")),
+        );
+    }
+    assert!(
+        seen.iter().any(|s| s.2) && seen.iter().any(|s| !s.2),
+        "flips: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.0 == 0) && seen.iter().any(|s| s.0 == 4),
+        "shifts: {seen:?}"
+    );
+    assert!(seen.len() > 15, "only {} distinct crops in 64 draws", seen.len());
 }
 
 /// Opens a source and returns the error, checking it is one line.

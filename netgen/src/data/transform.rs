@@ -227,3 +227,66 @@ pub fn large_sample(
     }
     norm.apply(out, size * size);
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// RandomResizedCrop's draws lie inside the image, with area fraction in [0.08, 1] and aspect
+    /// ratio in [3/4, 4/3] up to the rounding of the sides; the fallback for extreme aspect ratios
+    /// is a centred crop of the clamped ratio.
+    #[test]
+    fn random_resized_crop_draws_respect_scale_and_ratio() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (mut small, mut large) = (false, false);
+        for _ in 0..2000 {
+            let (top, left, h, w) = random_resized_crop_params(375, 500, &mut rng);
+            assert!(h >= 1 && w >= 1 && top + h <= 375 && left + w <= 500);
+            let frac = (h * w) as f64 / (375.0 * 500.0);
+            let ratio = w as f64 / h as f64;
+            assert!((0.07..=1.0).contains(&frac), "area fraction {frac}");
+            assert!((0.73..=1.37).contains(&ratio), "ratio {ratio}");
+            small |= frac < 0.15;
+            large |= frac > 0.9;
+        }
+        assert!(small && large, "draws do not span the scale range");
+        // A 2×100 strip always falls back: every drawn crop is at least 16 pixels of area with
+        // a ratio of at most 4/3, hence at least 3 rows high; the fallback is 2×round(2·4/3).
+        for _ in 0..20 {
+            assert_eq!(random_resized_crop_params(2, 100, &mut rng), (0, 48, 2, 3));
+        }
+    }
+
+    /// The evaluation transform (resize + centre crop) of a uniform image gives exactly the
+    /// normalised colour: resampling weights sum to one.
+    #[test]
+    fn eval_of_uniform_image_is_normalised_colour() {
+        let norm = Normalize {
+            mean: vec![0.5, 0.25, 0.0],
+            std: vec![0.5, 0.25, 1.0],
+        };
+        let rgb: Vec<u8> = [255u8, 0, 51].repeat(40 * 30);
+        let mut out = vec![0.0; 3 * 16 * 16];
+        large_sample(
+            &rgb,
+            30,
+            40,
+            16,
+            None::<&mut ChaCha8Rng>,
+            &norm,
+            &mut out,
+            &mut Scratch::default(),
+        );
+        for (ch, want) in [1.0f32, -1.0, 0.2].iter().enumerate() {
+            assert!(
+                out[ch * 256..(ch + 1) * 256]
+                    .iter()
+                    .all(|v| (v - want).abs() < 1e-5),
+                "channel {ch}"
+            );
+        }
+    }
+}
