@@ -318,6 +318,13 @@ fn debian_fashion_mnist_matches_numpy() {
         (60000, 10000, 1, 28, 10)
     );
     assert_eq!(i.class_names[9], "Ankle boot");
+    // The published Fashion-MNIST training-set statistics: mean 0.2860, std 0.3530.
+    assert!(
+        (i.mean[0] - 0.2860).abs() < 1e-4 && (i.std[0] - 0.3530).abs() < 1e-4,
+        "{:?} {:?}",
+        i.mean,
+        i.std
+    );
 }
 
 const FOLDER_FIXTURE: &str = r#"
