@@ -505,6 +505,11 @@ fn batches_are_deterministic_across_workers_epochs_and_skip() {
     assert_ne!(px, base.0);
     let (tx, _, _, _) = collect(plain.test_batches(100));
     assert_eq!(tx.len(), 10 * per);
+    // The training side may share the data set across threads and move loaders.
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    send_sync(&data);
+    send(&data.test_batches(4));
     // Dropping a loader early stops its workers (this would hang otherwise).
     let mut early = Data::open(&src, &opts(3, true))
         .unwrap()

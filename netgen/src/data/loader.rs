@@ -97,7 +97,7 @@ fn cpu_f32_mut(t: &mut Tensor, numel: usize) -> &mut [f32] {
 
 enum Mode {
     Inline {
-        job: Job,
+        job: Arc<Job>,
         scratch: Scratch,
         stop: AtomicBool,
     },
@@ -143,32 +143,49 @@ fn worker(
 impl Loader {
     pub(crate) fn start(job: Job, workers: usize, prefetch: usize) -> Loader {
         let len = job.count;
+        let job = Arc::new(job);
+        let inline = |job: Arc<Job>| Loader {
+            len,
+            next: 0,
+            mode: Mode::Inline {
+                job,
+                scratch: Scratch::default(),
+                stop: AtomicBool::new(false),
+            },
+        };
         let w = workers.min(len);
         if w == 0 {
-            return Loader {
-                len,
-                next: 0,
-                mode: Mode::Inline {
-                    job,
-                    scratch: Scratch::default(),
-                    stop: AtomicBool::new(false),
-                },
-            };
+            return inline(job);
         }
-        let job = Arc::new(job);
         let stop = Arc::new(AtomicBool::new(false));
         let cap = prefetch.div_ceil(w).max(1);
         let mut rxs = Vec::with_capacity(w);
         let mut handles = Vec::with_capacity(w);
         for k in 0..w {
             let (tx, rx) = sync_channel(cap);
-            let (job, stop) = (job.clone(), stop.clone());
-            let h = std::thread::Builder::new()
+            let (wjob, wstop) = (job.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
                 .name(format!("netgen-data-{k}"))
-                .spawn(move || worker(job, k, w, tx, stop))
-                .expect("spawning a data loader thread");
-            rxs.push(rx);
-            handles.push(h);
+                .spawn(move || worker(wjob, k, w, tx, wstop));
+            match spawned {
+                Ok(h) => {
+                    rxs.push(rx);
+                    handles.push(h);
+                }
+                Err(e) => {
+                    // Out of threads: stop the workers already started and build batches on the
+                    // calling thread instead (same batches, no prefetch).
+                    eprintln!(
+                        "warning: cannot start data loader thread {k} ({e}); loading on the training thread"
+                    );
+                    drop(Loader {
+                        len,
+                        next: 0,
+                        mode: Mode::Threads { rxs, stop, handles },
+                    });
+                    return inline(job);
+                }
+            }
         }
         Loader {
             len,
