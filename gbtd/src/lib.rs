@@ -12,21 +12,22 @@
 pub mod btd;
 pub mod collective;
 pub mod cp;
+pub mod decomposition;
 pub mod display;
 pub mod error;
+pub mod formats;
 pub mod generalized;
-pub mod io;
 pub mod layers;
+mod layout;
 pub mod linalg;
 pub mod options;
 pub mod parallel;
-#[doc(hidden)]
-pub mod peers;
 pub mod random;
 pub mod real;
 pub mod tensor;
 pub mod tucker;
 
+pub use decomposition::{Decomposition, Method};
 pub use error::{GbtdError, Result};
 pub use real::Real;
 pub use tensor::{
