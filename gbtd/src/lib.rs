@@ -5,6 +5,13 @@
 //! generalized BTD, and collective factorization of stacked convolution kernels, on `ndarray`
 //! tensors with LAPACK/BLAS (OpenBLAS) kernels. It does not depend on libtorch.
 //!
+//! Each decomposition is one function taking one options struct, as in TensorLy's decomposition
+//! module ([`tucker::tucker`], [`cp::parafac`], [`btd::btd`], [`collective::collective_btd`];
+//! see [`options`]); their results implement [`Decomposition`] (rebuild, count, convert to conv
+//! layers). [`formats`] reads `.npy`, `.npz` and `.safetensors` tensors and stores
+//! decompositions in factors files. The `gbtd` program is behind the default `cli` feature;
+//! `default-features = false` gives the library without its command-line dependencies.
+//!
 //! Conventions:
 //! - Tensors are `ndarray::ArrayD<T>` with `T` = `f32` or `f64` ([`Real`]). Modes count from 0.
 //! - Unfolding is row-major, as in TensorLy (see [`tensor`]).
@@ -12,21 +19,22 @@
 pub mod btd;
 pub mod collective;
 pub mod cp;
+pub mod decomposition;
 pub mod display;
 pub mod error;
+pub mod formats;
 pub mod generalized;
-pub mod io;
 pub mod layers;
+mod layout;
 pub mod linalg;
 pub mod options;
 pub mod parallel;
-#[doc(hidden)]
-pub mod peers;
 pub mod random;
 pub mod real;
 pub mod tensor;
 pub mod tucker;
 
+pub use decomposition::{Decomposition, Method};
 pub use error::{GbtdError, Result};
 pub use real::Real;
 pub use tensor::{

@@ -103,14 +103,14 @@ pub struct DecomposeArgs {
     #[arg(long, value_enum)]
     pub method: MethodArg,
     /// Ranks, comma-separated, one per factorized mode in mode order (one number R for cp).
-    #[arg(long, value_name = "a,b,..")]
-    pub rank: Option<String>,
+    #[arg(long, value_name = "a,b,..", value_delimiter = ',')]
+    pub rank: Option<Vec<usize>>,
     /// Number of block terms R (btd only).
     #[arg(long, value_name = "R")]
     pub terms: Option<usize>,
     /// Factorized modes, comma-separated (tucker, tucker2, btd); default depends on the method.
-    #[arg(long, value_name = "m,n,..")]
-    pub modes: Option<String>,
+    #[arg(long, value_name = "m,n,..", value_delimiter = ',')]
+    pub modes: Option<Vec<usize>>,
     /// Maximum number of ALS / HOOI sweeps.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_iter: usize,
