@@ -7,7 +7,18 @@ use std::fmt::Write as _;
 use crate::arch::spec::{NetSpec, Result, Stem, UnitSpec};
 use crate::count::{Counts, count};
 
-pub use gbtd::display::thousands;
+/// `n` with a comma every three digits: 25557032 → "25,557,032" (how the table prints counts).
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// `n / 10^exp` rounded to one decimal, as Table 1 prints it ("25.6").
 pub fn scaled(n: u64, exp: u32) -> String {
@@ -295,6 +306,8 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(25_557_032), "25,557,032");
+        assert_eq!(thousands(100_000), "100,000");
+        assert_eq!(thousands(u64::MAX), "18,446,744,073,709,551,615");
     }
 
     #[test]
