@@ -63,8 +63,8 @@ pub mod units;
 
 pub use layers::{BatchNorm2d, Conv2d, Linear, Norm};
 pub use load::{load_safetensors, trainable_param_count};
-pub use network::{Network, Stage, Unit};
-pub use units::{CruProjection, CruShared, CruUnit, PostActUnit, PreActUnit, UnitDims};
+pub use network::{Network, Stage};
+pub use units::{BlockKind, SharedTensors, Unit, UnitDims};
 
 use thiserror::Error;
 
