@@ -240,3 +240,46 @@ fn invalid_specs_are_refused_with_a_message() {
         .to_string();
     assert!(err.contains("larger than the stage depth"), "{err}");
 }
+
+#[test]
+fn first_stride_and_the_main_fashion_mnist_configuration() {
+    use netgen::arch::config::GbtdConfig;
+    use tch::nn::ModuleT;
+    // netgen --R 32 --rank 4 --share 6 --input 28 (depth 56 from the share), and the same with a
+    // stride-2 first stage: the tch network has the counted parameters and follows the strides.
+    for first_stride in [1usize, 2] {
+        let spec = GbtdConfig {
+            share: Some(6),
+            input: Some(28),
+            first_stride: Some(first_stride),
+            ..Default::default()
+        }
+        .to_spec()
+        .expect("spec");
+        check(&spec);
+        let vs = VarStore::new(Device::Cpu);
+        let net = Network::new(&vs.root(), &spec).expect("build");
+        let x = tch::Tensor::randn([1, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let sizes: Vec<i64> = tch::no_grad(|| {
+            let mut y = net.stem_t(&x, false);
+            net.stages
+                .iter()
+                .map(|s| {
+                    y = s.forward_t(&y, false);
+                    y.size()[2]
+                })
+                .collect()
+        });
+        let want: Vec<i64> = spec.stage_out_sizes().iter().map(|n| n.unwrap() as i64).collect();
+        assert_eq!(sizes, want);
+        // The stage sizes by hand: 28 → 28, 14, 7 (stride 1) and 28 → 14, 7, 4 (stride 2).
+        assert_eq!(
+            sizes,
+            if first_stride == 1 {
+                [28, 14, 7]
+            } else {
+                [14, 7, 4]
+            }
+        );
+    }
+}
