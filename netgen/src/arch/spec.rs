@@ -12,7 +12,8 @@
 //! partial block-term decomposition with R terms of multilinear rank (·,·,d3*,d4*):
 //! `R = groups`, `d3* = d4* = mid / groups`. R = 1 is the ResNet bottleneck (Tucker-2).
 //!
-//! ## Conventions fixed here (both the counter and the tch builder follow them)
+//! ## Conventions fixed here (written out layer by layer in [`crate::arch::plan`], which both the
+//! counter and the tch builder follow)
 //! - **Projection shortcut**: only the first unit of a stage has one, and only when
 //!   `stride ≠ 1` or its input width differs from the stage width ([`StageSpec::has_projection`]).
 //!   Post-activation: 1×1 stride s → BN. Pre-activation aggregated: the unit's first BN-ReLU output

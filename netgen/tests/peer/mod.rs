@@ -11,6 +11,9 @@ use std::process::Command;
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("GBTD_PYTHON") {
         let p = PathBuf::from(p);
+        if !p.exists() {
+            eprintln!("$GBTD_PYTHON = {} does not exist", p.display());
+        }
         return p.exists().then_some(p);
     }
     Path::new(env!("CARGO_MANIFEST_DIR"))
