@@ -321,8 +321,8 @@ impl GbtdConfig {
                         .map(|k| k.to_string())
                         .collect();
                     return invalid(format!(
-                        "share {l} splits {} ({d} units) into uneven share groups {}; use a share that divides {d} \
-                         ({}), or --allow-uneven-share to accept them",
+                        "share {l} splits the {d} units of {} into uneven share groups {}; use a share that divides \
+                         {d} ({}), or --allow-uneven-share to accept them",
                         stage_name(c),
                         groups.join(" + "),
                         divisors.join(", ")
@@ -783,7 +783,7 @@ mod tests {
         };
         let e = err(cfg.clone());
         assert!(
-            e.contains("conv4 (stage 2) (18 units) into uneven share groups 7 + 7 + 4")
+            e.contains("the 18 units of conv4 (stage 2) into uneven share groups 7 + 7 + 4")
                 && e.contains("2, 3, 6, 9, 18")
                 && e.contains("--allow-uneven-share"),
             "{e}"
