@@ -1,7 +1,8 @@
 //! Analytic parameter and FLOP counts of a [`NetSpec`].
 //!
 //! The network is expanded into the list of layer *uses* it executes ([`stem_layers`],
-//! [`unit_layers`], [`head_layers`]), following the conventions of [`crate::arch::spec`].
+//! [`unit_layers`], [`head_layers`]); a unit's layers come from [`crate::arch::plan`], which the
+//! tch builder follows too, so counts and networks cannot drift apart.
 //!
 //! - **Parameters**: conv weights `cout·(cin/groups)·k²` (no conv biases), BatchNorm γ and β
 //!   (`2·c`; running mean/var are buffers, not parameters), fc weight and bias `cin·classes +
@@ -12,7 +13,8 @@
 //!   Table 1: a conv costs `H_out·W_out·cout·(cin/groups)·k²`, the fc `cin·classes`. BN, ReLU,
 //!   pooling, the residual addition and the fc bias are not counted. Every use of a shared tensor
 //!   costs its FLOPs.
-use crate::arch::spec::{NetSpec, Result, Stem, UnitIo, UnitSpec, conv_out_size};
+use crate::arch::plan::{self, Op};
+use crate::arch::spec::{NetSpec, Result, Stem, UnitIo, conv_out_size};
 
 /// What a layer use computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,26 +35,7 @@ pub enum LayerKind {
     Fc { cin: usize, cout: usize },
 }
 
-/// Where a layer use sits in a unit (for tables and for matching layers across units).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Stem convolution / BN / pool.
-    Stem,
-    /// First 1×1 of the residual function (reduce, d3 → R·d3*).
-    Reduce,
-    /// k×k grouped conv (the R cores).
-    Core,
-    /// The extra 1×1 (mid → mid) of a CRU (Fig. 3 right).
-    Extra,
-    /// Last 1×1 (expand, R·d4* → d4).
-    Expand,
-    /// CRU first unit: the 1×1 (in → width) at stride 1 feeding the branch.
-    Input,
-    /// Projection shortcut.
-    Shortcut,
-    /// Final BN of pre-activation nets, and the fc.
-    Head,
-}
+pub use crate::arch::plan::Role;
 
 /// One use of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,73 +157,35 @@ pub fn head_layers(spec: &NetSpec) -> Vec<Layer> {
     v
 }
 
-/// Layer uses of one unit (see the module docs of [`crate::arch::spec`] for the conventions).
-/// `u` comes from [`NetSpec::units`].
+/// Layer uses of one unit, derived from its [`UnitPlan`](crate::arch::plan::UnitPlan) (the one
+/// description of a unit's layers that the tch builder also follows). `u` comes from
+/// [`NetSpec::units`].
 pub fn unit_layers(spec: &NetSpec, u: &UnitIo) -> Vec<Layer> {
-    let unit = &spec.stages[u.stage].unit;
-    let (cin, w, s, n_in, n) = (u.in_width, u.out_width, u.stride, u.in_size, u.out_size);
-    let mut v = Vec::new();
-    match *unit {
-        UnitSpec::Aggregated { mid, groups } if !spec.preact => {
-            v.push(conv(Role::Reduce, cin, mid, 1, 1, 1, n_in));
-            v.push(bn(Role::Reduce, mid, n_in));
-            v.push(conv(Role::Core, mid, mid, 3, s, groups, n));
-            v.push(bn(Role::Core, mid, n));
-            v.push(conv(Role::Expand, mid, w, 1, 1, 1, n));
-            v.push(bn(Role::Expand, w, n));
-            if u.projection {
-                v.push(conv(Role::Shortcut, cin, w, 1, s, 1, n));
-                v.push(bn(Role::Shortcut, w, n));
-            }
-        }
-        UnitSpec::Aggregated { mid, groups } => {
-            v.push(bn(Role::Reduce, cin, n_in));
-            v.push(conv(Role::Reduce, cin, mid, 1, 1, 1, n_in));
-            v.push(bn(Role::Core, mid, n_in));
-            v.push(conv(Role::Core, mid, mid, 3, s, groups, n));
-            v.push(bn(Role::Expand, mid, n));
-            v.push(conv(Role::Expand, mid, w, 1, 1, 1, n));
-            if u.projection {
-                if spec.separate_projection_bn {
-                    v.push(bn(Role::Shortcut, cin, n_in));
-                }
-                v.push(conv(Role::Shortcut, cin, w, 1, s, 1, n));
-            }
-        }
-        UnitSpec::Cru {
-            mid,
-            groups,
-            share,
-            extra_conv,
-        } => {
-            if u.projection {
-                v.push(bn(Role::Input, cin, n_in));
-                v.push(conv(Role::Input, cin, w, 1, 1, 1, n_in));
-                v.push(bn(Role::Shortcut, cin, n_in));
-                let mut sc = conv(Role::Shortcut, cin, w, 1, s, 1, n);
-                sc.owns_params = false;
-                sc.shared = true;
-                v.push(sc);
-            }
-            let owner = share > 0 && u.index.is_multiple_of(share);
-            v.push(bn(Role::Reduce, w, n_in));
-            let mut reduce = conv(Role::Reduce, w, mid, 1, 1, 1, n_in);
-            let mut core = conv(Role::Core, mid, mid, 3, s, groups, n);
-            for l in [&mut reduce, &mut core] {
-                l.owns_params = owner;
-                l.shared = true;
-            }
-            v.push(reduce);
-            v.push(core);
-            if extra_conv {
-                v.push(bn(Role::Extra, mid, n));
-                v.push(conv(Role::Extra, mid, mid, 1, 1, 1, n));
-            }
-            v.push(bn(Role::Expand, mid, n));
-            v.push(conv(Role::Expand, mid, w, 1, 1, 1, n));
-        }
-    }
-    v
+    plan::unit_plan(spec, u)
+        .layers()
+        .map(|l| Layer {
+            role: l.role,
+            kind: match l.op {
+                Op::Conv {
+                    cin,
+                    cout,
+                    k,
+                    stride,
+                    groups,
+                } => LayerKind::Conv {
+                    cin,
+                    cout,
+                    k,
+                    stride,
+                    groups,
+                },
+                Op::Bn { channels, .. } => LayerKind::Bn { channels },
+            },
+            out_size: l.out_size,
+            owns_params: l.owner,
+            shared: l.shared,
+        })
+        .collect()
 }
 
 /// Totals of a group of layers.
@@ -345,7 +290,7 @@ pub fn count(spec: &NetSpec) -> Result<Counts> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::spec::StageSpec;
+    use crate::arch::spec::{StageSpec, UnitSpec};
 
     /// A one-stage post-activation bottleneck on a 4×4 input with a small stem, counted by hand.
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use netgen::arch::config::{Depth, GbtdConfig, parse_list};
+use netgen::arch::config::{Depth, GbtdConfig};
 use netgen::arch::presets::{self, PRESETS, PresetOptions};
 use netgen::arch::spec::NetSpec;
 use netgen::count::{Counts, count};
@@ -18,6 +18,9 @@ Examples:
                                                    the released CRU-Net-56
   netgen --R 1 --rank 64 --dry-run                 ResNet-50 (R = 1: Tucker-2 bottlenecks)
   netgen --R 8 --rank 4 --input 28 --classes 10    3-stage small-image net for Fashion-MNIST
+  netgen --R 32 --rank 4 --share 6 --input 28      CRU on 28×28 (depth 56 = [6,6,6] from the share)
+  netgen emit --preset crunet_small --input 28 --in-channels 1 --first-stride 2
+                                                   a small CRU-Net at a quarter of the multiply-adds
   netgen emit --preset crunet116 --json            spec + params + flops (multiply-adds) as JSON
   netgen emit --preset resnet_small --input 28 --in-channels 1
   netgen emit --spec my_net.toml                   a hand-written spec (TOML or JSON)
@@ -25,7 +28,8 @@ Examples:
 
 GBTD mapping: R = groups of every 3×3, bottleneck width of stage s = R·rank·2^s (32×4d: 128, 256,
 512, 1024), stage output widths 256·2^s. --share L makes every stage with depth ≥ L a CRU stage
-whose units share the first 1×1 and the grouped 3×3 within groups of L consecutive units.
+whose units share the first 1×1 and the grouped 3×3 within groups of L consecutive units
+(--share 1 = no sharing, the plain ResNeXt / ResNet). Lists are comma-separated: 3,4,6,3.
 FLOPs are multiply-adds (convs + fc), as in torchvision's GFLOPS and the paper's Table 1.";
 
 /// Maps a GBTD configuration (R Tuckers of rank d* per residual function, factors shared across L
@@ -70,15 +74,30 @@ struct EmitArgs {
     /// L: share factors within groups of L consecutive units (CRU); stages with depth ≥ L use CRU.
     #[arg(long, value_name = "L", help_heading = "GBTD configuration")]
     share: Option<usize>,
-    /// 50, 56, 101, 116, 152 (ImageNet), 9k+2 (small images), or stage depths like 3,4,6,3.
-    #[arg(long, value_name = "DEPTH", help_heading = "GBTD configuration")]
-    depth: Option<String>,
+    /// 50, 56, 101, 116, 152 (ImageNet), 9k+2 (small images), or stage depths like 3,4,6,3
+    /// (default: 50; small images 29, or 9L+2 = [L,L,L] with --share L).
+    #[arg(
+        long,
+        value_name = "DEPTH",
+        value_delimiter = ',',
+        help_heading = "GBTD configuration"
+    )]
+    depth: Vec<usize>,
     /// Which stages use CRU: conv3,conv4 or 0-based indices 1,2 (default: stages with depth ≥ L).
-    #[arg(long, value_name = "LIST", help_heading = "GBTD configuration")]
-    cru_stages: Option<String>,
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_stage,
+        help_heading = "GBTD configuration")]
+    cru_stages: Option<Vec<usize>>,
+    /// Accept share groups of unequal size (share 7 in a stage of 18 units: 7+7+4); refused otherwise.
+    #[arg(long, help_heading = "GBTD configuration")]
+    allow_uneven_share: bool,
     /// CRU width D: one value, or one per CRU stage (default R·rank·2^s).
-    #[arg(long, value_name = "D[,D..]", help_heading = "GBTD configuration")]
-    cru_width: Option<String>,
+    #[arg(
+        long,
+        value_name = "D[,D..]",
+        value_delimiter = ',',
+        help_heading = "GBTD configuration"
+    )]
+    cru_width: Option<Vec<usize>>,
     /// CRU groups = CRU width (depthwise 3×3), as in the paper §4.2.2 (default: groups = R).
     #[arg(long, help_heading = "GBTD configuration")]
     groups_eq_channels: bool,
@@ -86,11 +105,21 @@ struct EmitArgs {
     #[arg(long, help_heading = "GBTD configuration")]
     no_extra_conv: bool,
     /// Stage output widths, e.g. 256,512,1024,2048 (default 256·2^s).
-    #[arg(long, value_name = "LIST", help_heading = "GBTD configuration")]
-    widths: Option<String>,
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        help_heading = "GBTD configuration"
+    )]
+    widths: Option<Vec<usize>>,
     /// Bottleneck widths of the non-CRU stages (default R·rank·2^s).
-    #[arg(long, value_name = "LIST", help_heading = "GBTD configuration")]
-    mids: Option<String>,
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        help_heading = "GBTD configuration"
+    )]
+    mids: Option<Vec<usize>>,
     /// Stem width (default 64).
     #[arg(long, value_name = "W", help_heading = "GBTD configuration")]
     stem_width: Option<usize>,
@@ -119,6 +148,14 @@ struct EmitArgs {
         help_heading = "Input and head (also for --preset/--spec)"
     )]
     in_channels: Option<usize>,
+    /// Stride of the first stage (default 1; small-image layouts: 1,2,2). 2 quarters the
+    /// multiply-adds at the same parameters, e.g. for training on a CPU.
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Input and head (also for --preset/--spec)"
+    )]
+    first_stride: Option<usize>,
 
     /// Print JSON: {"spec": …, "params": …, "flops": … (multiply-adds), "stages": […]}.
     #[arg(long, help_heading = "Output")]
@@ -147,8 +184,9 @@ impl EmitArgs {
             ("--R", self.r.is_some()),
             ("--rank", self.rank.is_some()),
             ("--share", self.share.is_some()),
-            ("--depth", self.depth.is_some()),
+            ("--depth", !self.depth.is_empty()),
             ("--cru-stages", self.cru_stages.is_some()),
+            ("--allow-uneven-share", self.allow_uneven_share),
             ("--cru-width", self.cru_width.is_some()),
             ("--groups-eq-channels", self.groups_eq_channels),
             ("--no-extra-conv", self.no_extra_conv),
@@ -163,12 +201,6 @@ impl EmitArgs {
             }
         }
         v
-    }
-
-    fn list(flag: &str, v: &Option<String>) -> Result<Option<Vec<usize>>, UserError> {
-        v.as_deref()
-            .map(|s| parse_list(s).map_err(|e| UserError(format!("{flag}: {e}"))))
-            .transpose()
     }
 
     /// The spec selected by the arguments (validated).
@@ -193,7 +225,12 @@ impl EmitArgs {
             )));
         }
         if let Some(name) = &self.preset {
-            return Ok(presets::preset(name, overrides)?);
+            let mut spec = presets::preset(name, overrides)?;
+            if let Some(st) = self.first_stride {
+                spec.stages[0].stride = st;
+                spec.validate()?;
+            }
+            return Ok(spec);
         }
         if let Some(path) = &self.spec {
             let mut spec = NetSpec::load(path)?;
@@ -205,6 +242,9 @@ impl EmitArgs {
             }
             if let Some(c) = overrides.in_channels {
                 spec.in_channels = c;
+            }
+            if let (Some(st), Some(first)) = (self.first_stride, spec.stages.first_mut()) {
+                first.stride = st;
             }
             spec.validate()?;
             return Ok(spec);
@@ -222,26 +262,15 @@ impl EmitArgs {
                 .into(),
             ));
         };
-        let depth = match &self.depth {
-            Some(d) => Some(
-                d.parse::<Depth>()
-                    .map_err(|e| UserError(format!("--depth: {e}")))?,
-            ),
-            None => None,
-        };
-        let cru_stages = match &self.cru_stages {
-            Some(s) => Some(parse_stages(s)?),
-            None => None,
-        };
         let cfg = GbtdConfig {
             r,
             rank,
             share: self.share,
-            depth,
-            cru_stages,
-            widths: Self::list("--widths", &self.widths)?,
-            mids: Self::list("--mids", &self.mids)?,
-            cru_width: Self::list("--cru-width", &self.cru_width)?,
+            depth: Depth::from_values(&self.depth),
+            cru_stages: self.cru_stages.clone(),
+            widths: self.widths.clone(),
+            mids: self.mids.clone(),
+            cru_width: self.cru_width.clone(),
             groups_eq_channels: self.groups_eq_channels,
             no_extra_conv: self.no_extra_conv,
             preact: self.preact,
@@ -249,34 +278,28 @@ impl EmitArgs {
             classes: self.classes,
             input: self.input,
             in_channels: self.in_channels,
+            first_stride: self.first_stride,
+            allow_uneven_share: self.allow_uneven_share,
         };
         Ok(cfg.to_spec()?)
     }
 }
 
-/// "conv3,conv4" → [1, 2]; bare numbers are 0-based stage indices.
-fn parse_stages(s: &str) -> Result<Vec<usize>, UserError> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            let lower = t.to_ascii_lowercase();
-            if let Some(k) = lower.strip_prefix("conv") {
-                match k.parse::<usize>() {
-                    Ok(k) if k >= 2 => Ok(k - 2),
-                    _ => Err(UserError(format!(
-                        "--cru-stages: '{t}' is not a stage; use conv2, conv3, … or 0, 1, …"
-                    ))),
-                }
-            } else {
-                t.parse::<usize>().map_err(|_| {
-                    UserError(format!(
-                        "--cru-stages: '{t}' is not a stage; use conv2, conv3, … or 0-based 0, 1, …"
-                    ))
-                })
-            }
-        })
-        .collect()
+/// One `--cru-stages` entry: "conv3" → 1 (the paper's stage names), or a 0-based index "1".
+fn parse_stage(t: &str) -> Result<usize, String> {
+    let t = t.trim();
+    let lower = t.to_ascii_lowercase();
+    match lower.strip_prefix("conv") {
+        Some(k) => match k.parse::<usize>() {
+            Ok(k) if k >= 2 => Ok(k - 2),
+            _ => Err(format!(
+                "'{t}' is not a stage; use conv2, conv3, … or 0-based 0, 1, …"
+            )),
+        },
+        None => t
+            .parse::<usize>()
+            .map_err(|_| format!("'{t}' is not a stage; use conv2, conv3, … or 0-based 0, 1, …")),
+    }
 }
 
 fn json_doc(spec: &NetSpec, c: &Counts) -> serde_json::Value {

@@ -4,10 +4,22 @@
 //! totals. FLOPs are always printed as multiply-adds and labelled so.
 use std::fmt::Write as _;
 
-use crate::arch::spec::{NetSpec, Result, Stem, UnitSpec};
+use crate::arch::plan::{self, Op};
+use crate::arch::spec::{NetSpec, Result, Stem, UnitIo, UnitSpec};
 use crate::count::{Counts, count};
 
-pub use gbtd::display::thousands;
+/// `n` with a comma every three digits: 25557032 → "25,557,032" (how the table prints counts).
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// `n / 10^exp` rounded to one decimal, as Table 1 prints it ("25.6").
 pub fn scaled(n: u64, exp: u32) -> String {
@@ -46,33 +58,40 @@ pub fn repeats(depth: usize, unit: &UnitSpec) -> String {
     }
 }
 
-/// The layer lines of one (non-first) unit, Table 1 style.
-fn unit_lines(unit: &UnitSpec, width: usize) -> Vec<String> {
-    match *unit {
-        UnitSpec::Aggregated { mid, groups } => {
-            vec![
-                format!("1×1, {mid}"),
-                format!("3×3, {mid}, R={groups}"),
-                format!("1×1, {width}"),
-            ]
-        }
-        UnitSpec::Cru {
-            mid,
-            groups,
-            extra_conv,
-            ..
-        } => {
-            let mut v = vec![
-                format!("1×1, {mid}  (shared)"),
-                format!("3×3, {mid}, R={groups}  (shared)"),
-            ];
-            if extra_conv {
-                v.push(format!("1×1, {mid}"));
+/// The layer lines of one non-first unit of stage `stage`, Table 1 style ("3×3, 512, R=32
+/// (shared)"), read from the unit's [`plan`](crate::arch::plan): its convs in order, with the
+/// groups of every k×k (k > 1) and a mark on shared tensors.
+fn unit_lines(spec: &NetSpec, stage: usize) -> Vec<String> {
+    let s = &spec.stages[stage];
+    // A unit inside the stage: fed `width` channels at stride 1, so without a projection.
+    let u = UnitIo {
+        stage,
+        index: 1.min(s.depth - 1),
+        in_width: s.width,
+        out_width: s.width,
+        stride: 1,
+        projection: false,
+        in_size: 1,
+        out_size: 1,
+        share_group: None,
+    };
+    plan::unit_plan(spec, &u)
+        .branch
+        .iter()
+        .filter_map(|l| match l.op {
+            Op::Conv { cout, k, groups, .. } => {
+                let mut line = format!("{k}×{k}, {cout}");
+                if k > 1 {
+                    line.push_str(&format!(", R={groups}"));
+                }
+                if l.shared {
+                    line.push_str("  (shared)");
+                }
+                Some(line)
             }
-            v.push(format!("1×1, {width}"));
-            v
-        }
-    }
+            Op::Bn { .. } => None,
+        })
+        .collect()
 }
 
 fn bracket(lines: &[String]) -> Vec<String> {
@@ -166,7 +185,7 @@ pub fn render_with(spec: &NetSpec, c: &Counts) -> String {
     let in_widths = spec.stage_in_widths();
     for (i, s) in spec.stages.iter().enumerate() {
         let sc = &c.stages[i];
-        let lines = bracket(&unit_lines(&s.unit, s.width));
+        let lines = bracket(&unit_lines(spec, i));
         let mid = lines.len() / 2;
         for (k, l) in lines.into_iter().enumerate() {
             let first = k == 0;
@@ -295,6 +314,8 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(25_557_032), "25,557,032");
+        assert_eq!(thousands(100_000), "100,000");
+        assert_eq!(thousands(u64::MAX), "18,446,744,073,709,551,615");
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn top_level_gbtd_flags_emit_and_dry_run_is_emit_only() {
 
 #[test]
 fn top_level_json_for_resnet50_and_resnext50_has_torchvision_counts() {
-    // R = 1, rank 64 is ResNet-50; R = 32, rank 4 is ResNeXt-50 32×4d (design.md's torchvision counts).
+    // R = 1, rank 64 is ResNet-50; R = 32, rank 4 is ResNeXt-50 32×4d (torchvision's counts).
     assert_eq!(
         json(&["--R", "1", "--rank", "64", "--json"])["params"],
         25_557_032
@@ -274,7 +274,7 @@ fn invalid_configurations_say_what_is_wrong_and_what_is_valid() {
         "conv3",
     ]);
     assert!(
-        e.contains("share 6 is larger than the depth 4") && e.contains("[2]"),
+        e.contains("share 6 is larger than the depth 4") && e.contains("[conv4 (stage 2)]"),
         "{e}"
     );
     // zero rank.
@@ -310,4 +310,240 @@ fn help_works_without_ld_library_path() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("25,609,384"));
+}
+
+#[test]
+fn cru_stages_are_named_in_both_numberings() {
+    let e = rejected(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "6",
+        "--cru-stages",
+        "conv9",
+    ]);
+    assert!(
+        e.contains("CRU stage conv9 (stage 7) does not exist") && e.contains("conv2..conv5 (stages 0..3)"),
+        "{e}"
+    );
+    let e = rejected(&["--R", "32", "--rank", "4", "--share", "6", "--cru-stages", "7"]);
+    assert!(e.contains("conv9 (stage 7)"), "{e}");
+    let e = rejected(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "6",
+        "--cru-stages",
+        "convX",
+    ]);
+    assert!(e.contains("'convX' is not a stage"), "{e}");
+    // Both forms, comma-separated, pick the same stages.
+    let a = json(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "3",
+        "--cru-stages",
+        "conv3,conv4",
+        "--allow-uneven-share",
+        "--json",
+    ]);
+    let b = json(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "3",
+        "--cru-stages",
+        "1,2",
+        "--allow-uneven-share",
+        "--json",
+    ]);
+    assert_eq!(a, b);
+    let kinds: Vec<&str> = a["spec"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["unit"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["aggregated", "cru", "cru", "aggregated"]);
+}
+
+#[test]
+fn inputs_too_small_for_the_strides_are_refused_with_the_minimum() {
+    let e = rejected(&["--R", "8", "--rank", "4", "--input", "1"]);
+    assert!(
+        e.contains("input size 1 is too small") && e.contains("smallest input is 4"),
+        "{e}"
+    );
+    let e = rejected(&["--R", "8", "--rank", "4", "--input", "4", "--first-stride", "2"]);
+    assert!(e.contains("smallest input is 8"), "{e}");
+    let e = rejected(&["emit", "--preset", "resnet50", "--input", "16"]);
+    assert!(e.contains("smallest input is 32"), "{e}");
+    // The minimum itself is accepted: 1×1 after the last stage.
+    let v = json(&["--R", "8", "--rank", "4", "--input", "4", "--json"]);
+    assert_eq!(v["stages"][2]["out_size"], 1);
+}
+
+#[test]
+fn uneven_share_groups_need_to_be_asked_for() {
+    let e = rejected(&["--R", "32", "--rank", "4", "--share", "7", "--depth", "116"]);
+    assert!(
+        e.contains("uneven share groups 7 + 7 + 4") && e.contains("--allow-uneven-share"),
+        "{e}"
+    );
+    let v = json(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "7",
+        "--depth",
+        "116",
+        "--allow-uneven-share",
+        "--json",
+    ]);
+    assert_eq!(v["spec"]["stages"][2]["unit"]["share"], 7);
+    assert_eq!(v["spec"]["stages"][2]["depth"], 18);
+    // The table shows the uneven grouping.
+    let o = netgen(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "7",
+        "--depth",
+        "116",
+        "--allow-uneven-share",
+    ]);
+    assert!(stdout(&o).contains("×18 (share groups 7+7+4)"), "{}", stdout(&o));
+}
+
+#[test]
+fn the_main_training_configuration_on_28x28_works() {
+    // netgen --R 32 --rank 4 --share 6 --input 28: depth 9·6 + 2 = 56 chosen from the share; its
+    // counts equal the PyTorch rebuild's (tests/table1.rs): 7,709,130 parameters and
+    // 1,658,276,864 multiply-adds per 28×28×1 image.
+    let v = json(&[
+        "--R", "32", "--rank", "4", "--share", "6", "--input", "28", "--json",
+    ]);
+    let depths: Vec<u64> = v["spec"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(depths, [6, 6, 6]);
+    assert_eq!(
+        (v["params"].as_u64(), v["flops"].as_u64()),
+        (Some(7_709_130), Some(1_658_276_864))
+    );
+    assert_eq!(v["spec"]["in_channels"], 1);
+    // With a depth that cannot hold the share, the error names one that can.
+    let e = rejected(&[
+        "--R", "32", "--rank", "4", "--share", "6", "--input", "28", "--depth", "29",
+    ]);
+    assert!(e.contains("--depth 56 ([6, 6, 6])"), "{e}");
+}
+
+#[test]
+fn first_stride_cuts_the_cost_not_the_parameters() {
+    let base = [
+        "emit",
+        "--preset",
+        "crunet_small",
+        "--input",
+        "28",
+        "--in-channels",
+        "1",
+        "--json",
+    ];
+    let s1 = json(&base);
+    let s2 = json(&[&base[..], &["--first-stride", "2"]].concat());
+    assert_eq!(s1["params"], s2["params"]);
+    // 59,207,104 → 16,519,792 multiply-adds (the PyTorch rebuilds in tests/table1.rs).
+    assert_eq!(
+        (s1["flops"].as_u64(), s2["flops"].as_u64()),
+        (Some(59_207_104), Some(16_519_792))
+    );
+    assert_eq!(s2["spec"]["stages"][0]["stride"], 2);
+    // The GBTD form too, and a spec written with it loads back with the stride.
+    let g = json(&[
+        "--R",
+        "8",
+        "--rank",
+        "4",
+        "--input",
+        "28",
+        "--first-stride",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(g["spec"]["stages"][0]["stride"], 2);
+    assert_eq!(g["stages"][0]["out_size"], 14);
+    rejected(&["--R", "8", "--rank", "4", "--first-stride", "0"]);
+}
+
+#[test]
+fn share_1_is_the_network_without_sharing() {
+    for (r, rank) in [("32", "4"), ("1", "64")] {
+        for input in ["224", "28"] {
+            let plain = json(&["--R", r, "--rank", rank, "--input", input, "--json"]);
+            let one = json(&[
+                "--R", r, "--rank", rank, "--input", input, "--share", "1", "--json",
+            ]);
+            assert_eq!(one["spec"], plain["spec"], "R {r}, input {input}");
+            assert_eq!(one["params"], plain["params"], "R {r}, input {input}");
+            assert!(
+                one["spec"]["stages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|s| s["unit"]["kind"] == "aggregated")
+            );
+        }
+    }
+    // ResNeXt-50 32×4d's torchvision count, not a 31.5M CRU with one-unit groups.
+    assert_eq!(
+        json(&["--R", "32", "--rank", "4", "--share", "1", "--json"])["params"],
+        25_028_904
+    );
+    let e = rejected(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "1",
+        "--cru-stages",
+        "conv4",
+    ]);
+    assert!(e.contains("share 1 means no sharing"), "{e}");
+}
+
+#[test]
+fn comma_separated_lists() {
+    let v = json(&[
+        "--R",
+        "1",
+        "--rank",
+        "64",
+        "--depth",
+        "3,4,6,3",
+        "--widths",
+        "256,512,1024,2048",
+        "--json",
+    ]);
+    assert_eq!(v["params"], 25_557_032);
+    let e = rejected(&["--R", "1", "--rank", "64", "--widths", "256,x"]);
+    assert!(e.contains("'x'") && e.contains("--widths"), "{e}");
 }

@@ -17,20 +17,11 @@ use tch::Tensor;
 /// `true` when the Python peers can run; otherwise prints why the test is skipped (or panics when
 /// the `CI` environment variable is set).
 fn python_available(test: &str) -> bool {
-    match gbtd::peers::python() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: {e} (CI is set, so the Python peers are required)");
-            }
-            eprintln!("skipping {test}: {e}");
-            false
-        }
-    }
+    peers::available(test)
 }
 
 fn run_py(script: &str, args: &[&str]) -> String {
-    gbtd::peers::run_python(script, args).unwrap_or_else(|e| panic!("python peer failed: {e}"))
+    peers::run_python(script, args).unwrap_or_else(|e| panic!("python peer failed: {e}"))
 }
 
 fn opts(workers: usize, augment: bool) -> DataOptions {

@@ -6,7 +6,10 @@
 //! (d) the CRU units of a share group, linear, = the per-unit reconstructions of gbtd's collective
 //!     factorization (Eq. 12);
 //! (e) BN folded into the adjacent conv gives the same eval-mode output;
-//! (f) the gradient of a shared weight = the sum of the per-unit gradients of unshared copies.
+//! (f) the gradient of a shared weight = the sum of the per-use gradients of unshared copies in a
+//!     reference network written in the test;
+//! (g) the released CRU unit structure (pre-activation, the extra 1×1, the first unit's 1×1 used
+//!     twice, the stride in the shared grouped 3×3) = a reference written from its description.
 use std::collections::HashMap;
 
 use gbtd::btd::{BtdOptions, btd};
@@ -16,7 +19,7 @@ use gbtd::options::IterOptions;
 use gbtd::tucker::{TuckerOptions, tucker};
 use ndarray::{Array4, ArrayD, IxDyn};
 use netgen::arch::{NetSpec, StageSpec, Stem, UnitSpec};
-use netgen::nn::{BatchNorm2d, Mode, Network, PostActUnit, PreActUnit, Unit, UnitDims};
+use netgen::nn::{BatchNorm2d, Conv2d, Mode, Network, Norm, Unit, UnitDims};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -78,6 +81,16 @@ fn bn_ref(x: &Tensor, bn: &BatchNorm2d, c0: i64, c: i64, train: bool) -> Tensor 
     (x - mean) / (var + bn.eps).sqrt() * v(&bn.weight) + v(&bn.bias)
 }
 
+/// The unit's conv module `name` (e.g. `conv1`, `downsample.0`).
+fn cv<'a>(u: &'a Unit, name: &str) -> &'a Conv2d {
+    u.conv(name).unwrap_or_else(|| panic!("unit has no conv {name}"))
+}
+
+/// The unit's BN slot `name` (e.g. `bn1`, `downsample.1`).
+fn nm<'a>(u: &'a Unit, name: &str) -> &'a Norm {
+    u.norm(name).unwrap_or_else(|| panic!("unit has no BN {name}"))
+}
+
 fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: i64, groups: i64) -> Tensor {
     let pad = w.size()[2] / 2;
     x.conv2d(w, bias, [stride, stride], [pad, pad], [1, 1], groups)
@@ -96,10 +109,10 @@ fn a_resnext_residual_is_a_sum_of_r_tucker_branches() {
         groups: 4,
         stride: 2,
     };
-    let unit = PostActUnit::new(&vs.root(), &d, Mode::Standard).unwrap();
+    let unit = Unit::post_act(&vs.root(), &d, Mode::Standard).unwrap();
     randomize_bn(&vs);
-    let bn = |n: &netgen::nn::Norm| n.0.as_ref().expect("standard mode has BN").shallow();
-    let (bn1, bn2, bn3) = (bn(&unit.bn1), bn(&unit.bn2), bn(&unit.bn3));
+    let bn = |n: &Norm| n.0.as_ref().expect("standard mode has BN").shallow();
+    let (bn1, bn2, bn3) = (bn(nm(&unit, "bn1")), bn(nm(&unit, "bn2")), bn(nm(&unit, "bn3")));
     let x = Tensor::randn([2, 8, 9, 9], F64);
     let k = (d.mid / d.groups) as i64;
     // Evaluation first, then training (which updates the running statistics as a side effect).
@@ -108,11 +121,11 @@ fn a_resnext_residual_is_a_sum_of_r_tucker_branches() {
         for r in 0..d.groups as i64 {
             // Branch r: A3_r (rows of conv1) → BN-σ → G_r (group r of conv2, as a dense conv) → BN-σ
             // → A4_r (columns of conv3).
-            let t1 = conv(&x, &unit.conv1.weight.narrow(0, r * k, k), None, 1, 1);
+            let t1 = conv(&x, &cv(&unit, "conv1").weight.narrow(0, r * k, k), None, 1, 1);
             let t1 = bn_ref(&t1, &bn1, r * k, k, train).relu();
-            let t2 = conv(&t1, &unit.conv2.weight.narrow(0, r * k, k), None, 2, 1);
+            let t2 = conv(&t1, &cv(&unit, "conv2").weight.narrow(0, r * k, k), None, 2, 1);
             let t2 = bn_ref(&t2, &bn2, r * k, k, train).relu();
-            sum += conv(&t2, &unit.conv3.weight.narrow(1, r * k, k), None, 1, 1);
+            sum += conv(&t2, &cv(&unit, "conv3").weight.narrow(1, r * k, k), None, 1, 1);
         }
         let want = bn_ref(&sum, &bn3, 0, 12, train);
         let got = unit.residual_t(&x, train);
@@ -123,7 +136,7 @@ fn a_resnext_residual_is_a_sum_of_r_tucker_branches() {
             &format!("residual = Σ_r Tucker branch (train = {train})"),
         );
         // And the unit adds the BN'd projection shortcut, then σ.
-        let (ds, ds_bn) = unit.downsample.as_ref().expect("stride 2 has a projection");
+        let (ds, ds_bn) = (cv(&unit, "downsample.0"), nm(&unit, "downsample.1"));
         let sc = bn_ref(&conv(&x, &ds.weight, None, 2, 1), &bn(ds_bn), 0, 12, train);
         assert_close(
             &unit.forward_t(&x, train),
@@ -207,16 +220,14 @@ fn b_linear_chain_is_the_dense_conv_of_the_btd_reconstruction() {
         let want = conv(&x, &dense, None, stride as i64, 1);
         // Post- and pre-activation units, linear mode: their residual functions are the chain.
         let vs = f64_store();
-        let post = PostActUnit::new(&(vs.root() / "post"), &d, Mode::Linear).unwrap();
-        let pre = PreActUnit::new(&(vs.root() / "pre"), &d, false, Mode::Linear).unwrap();
+        let post = Unit::post_act(&(vs.root() / "post"), &d, Mode::Linear).unwrap();
+        let pre = Unit::pre_act(&(vs.root() / "pre"), &d, false, Mode::Linear).unwrap();
         assert!(
             vs.variables().keys().all(|k| !k.contains("bn")),
             "linear mode creates no BN"
         );
-        for (c1, c2, c3) in [
-            (&post.conv1, &post.conv2, &post.conv3),
-            (&pre.conv1, &pre.conv2, &pre.conv3),
-        ] {
+        for u in [&post, &pre] {
+            let (c1, c2, c3) = (cv(u, "conv1"), cv(u, "conv2"), cv(u, "conv3"));
             set(&c1.weight, &chain.reduce);
             set(&c2.weight, &chain.grouped);
             set(&c3.weight, &chain.expand);
@@ -236,9 +247,9 @@ fn b_linear_chain_is_the_dense_conv_of_the_btd_reconstruction() {
         groups: 4,
         stride: 1,
     };
-    let unit = PostActUnit::new(&vs.root(), &d, Mode::Linear).unwrap();
-    let w = |c: &netgen::nn::Conv2d| to_nd(&c.weight).into_dimensionality().expect("4-way");
-    let chain = LayerChain::new(w(&unit.conv1), w(&unit.conv2), w(&unit.conv3), 4).expect("chain");
+    let unit = Unit::post_act(&vs.root(), &d, Mode::Linear).unwrap();
+    let w = |c: &str| to_nd(&cv(&unit, c).weight).into_dimensionality().expect("4-way");
+    let chain = LayerChain::new(w("conv1"), w("conv2"), w("conv3"), 4).expect("chain");
     let dense = to_tch(
         &chain
             .to_btd()
@@ -273,10 +284,10 @@ fn c_r1_bottleneck_is_tucker2() {
         groups: 1,
         stride: 2,
     };
-    let unit = PostActUnit::new(&vs.root(), &d, Mode::Linear).unwrap();
-    set(&unit.conv1.weight, &chain.reduce);
-    set(&unit.conv2.weight, &chain.grouped);
-    set(&unit.conv3.weight, &chain.expand);
+    let unit = Unit::post_act(&vs.root(), &d, Mode::Linear).unwrap();
+    set(&cv(&unit, "conv1").weight, &chain.reduce);
+    set(&cv(&unit, "conv2").weight, &chain.grouped);
+    set(&cv(&unit, "conv3").weight, &chain.expand);
     let x = Tensor::randn([2, 8, 7, 7], F64);
     let dense = to_tch(&tk.reconstruct().expect("reconstruct"));
     assert_close(
@@ -309,12 +320,15 @@ fn d_cru_share_group_is_the_collective_factorization() {
     let vs = f64_store();
     let net = Network::with_mode(&vs.root(), &cru_spec(3, 3, false), Mode::Linear).unwrap();
     let stage = &net.stages[0];
-    assert_eq!(stage.shared.len(), 1);
-    set(&stage.shared[0].reduce, &chains[0].reduce);
-    set(&stage.shared[0].grouped, &chains[0].grouped);
-    for (unit, chain) in stage.units.iter().zip(&chains) {
-        let Unit::Cru(u) = unit else { panic!("CRU stage") };
-        set(&u.conv_expand.weight, &chain.expand);
+    let vars = vs.variables();
+    assert!(
+        !vars.contains_key("layer1.share1.conv_reduce.weight"),
+        "one share group"
+    );
+    set(&vars["layer1.share0.conv_reduce.weight"], &chains[0].reduce);
+    set(&vars["layer1.share0.conv_grouped.weight"], &chains[0].grouped);
+    for (u, chain) in stage.units.iter().zip(&chains) {
+        set(&cv(u, "conv_expand").weight, &chain.expand);
     }
     let x = Tensor::randn([2, 8, 6, 6], F64);
     let mut y = x.shallow_clone();
@@ -345,8 +359,22 @@ fn fold(w: &Tensor, bn: &BatchNorm2d) -> (Tensor, Tensor) {
     (w2, b2)
 }
 
-fn bn_of(n: &netgen::nn::Norm) -> &BatchNorm2d {
-    n.0.as_ref().expect("standard mode has BN")
+/// The BN module `name` of a store (`weight`, `bias`, `running_mean`, `running_var`), ε = 1e-5 as
+/// in PyTorch.
+fn bn_named(vars: &HashMap<String, Tensor>, name: &str) -> BatchNorm2d {
+    let t = |k: &str| {
+        vars.get(&format!("{name}.{k}"))
+            .unwrap_or_else(|| panic!("no {name}.{k}"))
+            .shallow_clone()
+    };
+    BatchNorm2d {
+        weight: t("weight"),
+        bias: t("bias"),
+        running_mean: t("running_mean"),
+        running_var: t("running_var"),
+        eps: 1e-5,
+        momentum: 0.1,
+    }
 }
 
 #[test]
@@ -381,39 +409,45 @@ fn e_bn_folded_into_convs_gives_the_same_eval_output() {
     let x = Tensor::randn([2, 3, 32, 32], F64);
     let want = tch::no_grad(|| net.forward_t(&x, false));
 
-    // The same network evaluated from folded weights only (conv with bias, no BN anywhere).
+    // The same network evaluated from folded weights only (conv with bias, no BN anywhere), read
+    // by their torchvision names; strides, groups and projections from the spec and torchvision's
+    // rules (stride in the 3×3 of a stage's first unit; a projection where the width or size
+    // changes).
+    let vars = vs.variables();
+    let fold_named = |c: &str, b: &str| fold(&vars[&format!("{c}.weight")], &bn_named(&vars, b));
     let got = tch::no_grad(|| {
-        let (w, b) = fold(&net.stem_conv.weight, bn_of(&net.stem_bn));
+        let (w, b) = fold_named("conv1", "bn1");
         let mut y = conv(&x, &w, Some(&b), 2, 1)
             .relu()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for stage in &net.stages {
-            for unit in &stage.units {
-                let Unit::Post(u) = unit else {
-                    panic!("post-activation net")
-                };
-                let (w1, b1) = fold(&u.conv1.weight, bn_of(&u.bn1));
-                let (w2, b2) = fold(&u.conv2.weight, bn_of(&u.bn2));
-                let (w3, b3) = fold(&u.conv3.weight, bn_of(&u.bn3));
+        let mut cin = 8;
+        for (si, st) in spec.stages.iter().enumerate() {
+            let groups = st.unit.groups() as i64;
+            for i in 0..st.depth {
+                let p = format!("layer{}.{i}", si + 1);
+                let stride = if i == 0 { st.stride as i64 } else { 1 };
+                let (w1, b1) = fold_named(&format!("{p}.conv1"), &format!("{p}.bn1"));
+                let (w2, b2) = fold_named(&format!("{p}.conv2"), &format!("{p}.bn2"));
+                let (w3, b3) = fold_named(&format!("{p}.conv3"), &format!("{p}.bn3"));
                 let r = conv(&y, &w1, Some(&b1), 1, 1).relu();
-                let r = conv(&r, &w2, Some(&b2), u.conv2.stride, u.conv2.groups).relu();
+                let r = conv(&r, &w2, Some(&b2), stride, groups).relu();
                 let r = conv(&r, &w3, Some(&b3), 1, 1);
-                let s = match &u.downsample {
-                    Some((c, n)) => {
-                        let (w, b) = fold(&c.weight, bn_of(n));
-                        conv(&y, &w, Some(&b), c.stride, 1)
-                    }
-                    None => y.shallow_clone(),
+                let s = if stride != 1 || cin != st.width {
+                    let (w, b) = fold_named(&format!("{p}.downsample.0"), &format!("{p}.downsample.1"));
+                    conv(&y, &w, Some(&b), stride, 1)
+                } else {
+                    y.shallow_clone()
                 };
                 y = (r + s).relu();
+                cin = st.width;
             }
         }
         y.mean_dim([2i64, 3].as_slice(), false, Kind::Double)
-            .linear(&net.fc.weight, Some(&net.fc.bias))
+            .linear(&vars["fc.weight"], Some(&vars["fc.bias"]))
     });
     assert_close(&got, &want, 1e-11, "folded network vs network with BN (eval)");
     // The BN statistics were far from the identity, so folding changed the weights.
-    let (w, _) = fold(&net.stem_conv.weight, bn_of(&net.stem_bn));
+    let (w, _) = fold_named("conv1", "bn1");
     assert!(max_abs(&w, &net.stem_conv.weight) > 1e-2);
 }
 
@@ -428,23 +462,25 @@ fn e_bn_after_a_shared_conv_folds_into_per_unit_kernels() {
     randomize_bn(&vs);
     let x = Tensor::randn([2, 8, 6, 6], F64);
     let stage = &net.stages[0];
+    let vars = vs.variables();
     let mut kernels = Vec::new();
-    for unit in &stage.units {
-        let Unit::Cru(u) = unit else { panic!("CRU stage") };
+    for (i, u) in stage.units.iter().enumerate() {
         let want = tch::no_grad(|| u.forward_t(&x, false));
         let got = tch::no_grad(|| {
-            let (wg, bg) = fold(&u.grouped.weight, bn_of(&u.bn_expand));
-            let a = bn_ref(&x, bn_of(&u.bn_reduce), 0, 8, false).relu();
+            let bn = |n: &str| bn_named(&vars, &format!("layer1.{i}.{n}"));
+            let (wg, bg) = fold(&vars["layer1.share0.conv_grouped.weight"], &bn("bn_expand"));
+            let a = bn_ref(&x, &bn("bn_reduce"), 0, 8, false).relu();
+            // cru_spec: R = 3 groups, stride 1, no extra 1×1.
             let y = conv(
-                &conv(&a, &u.reduce.weight, None, 1, 1),
+                &conv(&a, &vars["layer1.share0.conv_reduce.weight"], None, 1, 1),
                 &wg,
                 Some(&bg),
                 1,
-                u.grouped.groups,
+                3,
             )
             .relu();
             kernels.push(wg);
-            conv(&y, &u.conv_expand.weight, None, 1, 1) + &x
+            conv(&y, &vars[&format!("layer1.{i}.conv_expand.weight")], None, 1, 1) + &x
         });
         assert_close(
             &got,
@@ -519,82 +555,291 @@ fn cru_net(share: [usize; 2]) -> NetSpec {
     }
 }
 
-/// For a share-group tensor `layer{s}.share{i}.{rest}` of the unshared net (`share{i}` = unit i),
-/// the name of the shared net's tensor `layer{s}.share{i / L}.{rest}`; `None` for other names.
-fn share_name(name: &str, share: &[usize]) -> Option<String> {
-    let parts: Vec<&str> = name.splitn(3, '.').collect();
-    match parts[..] {
-        [layer, group, rest] if group.starts_with("share") => {
-            let s: usize = layer["layer".len()..].parse().unwrap();
-            let unit: usize = group["share".len()..].parse().unwrap();
-            Some(format!("{layer}.share{}.{rest}", unit / share[s - 1]))
+/// The store's tensors as fresh leaves for a reference computation (trainable ones require
+/// grad). With `per_use`, every use of a tensor that netgen shares (a share group's
+/// `layer{s}.share{k}.…`, a first CRU unit's `conv_proj`) gets its own copy, i.e. the network
+/// with an unshared copy per unit and per use, written out in the test.
+struct RefWeights {
+    vars: HashMap<String, Tensor>,
+    per_use: bool,
+    uses: std::cell::RefCell<Vec<(String, Tensor)>>,
+}
+
+impl RefWeights {
+    fn new(vs: &VarStore, per_use: bool) -> Self {
+        let vars = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| {
+                let c = t.detach().copy().set_requires_grad(t.requires_grad());
+                (n, c)
+            })
+            .collect();
+        RefWeights {
+            vars,
+            per_use,
+            uses: Default::default(),
         }
-        _ => None,
     }
+
+    fn w(&self, name: &str) -> Tensor {
+        let t = self.vars.get(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        if self.per_use && (name.contains(".share") || name.contains(".conv_proj.")) {
+            let c = t.detach().copy().set_requires_grad(true);
+            self.uses.borrow_mut().push((name.to_string(), c.shallow_clone()));
+            c
+        } else {
+            t.shallow_clone()
+        }
+    }
+
+    /// ReLU(BN_name(x)): batch statistics in training, running statistics in evaluation.
+    fn bn_relu(&self, x: &Tensor, name: &str, train: bool) -> Tensor {
+        let bn = bn_named(&self.vars, name);
+        bn_ref(x, &bn, 0, x.size()[1], train).relu()
+    }
+}
+
+/// One collective residual unit as released, written from its description: pre-activation; with
+/// stage width bw and CRU width D,
+/// (1) BN-ReLU, then the 1×1 bw → D shared by the share group;
+/// (2) the 3×3 D → D with `groups` groups (D: depthwise), shared, no BN-ReLU before it; the stage
+///     stride sits here in the first unit;
+/// (3) [extra] BN-ReLU, 1×1 D → D, not shared;
+/// (4) BN-ReLU, 1×1 D → bw, not shared;
+/// (5) + the shortcut, no activation after.
+/// A first unit whose width or size changes uses ONE 1×1 weight (in → bw) twice, each time after
+/// its own BN-ReLU of the unit input: at stride 1 for the branch input, at the stage stride as the
+/// projection shortcut.
+#[allow(clippy::too_many_arguments)]
+fn cru_unit_ref(
+    w: &RefWeights,
+    x: &Tensor,
+    unit: &str,
+    group: &str,
+    stride: i64,
+    groups: i64,
+    projection: bool,
+    extra: bool,
+    train: bool,
+) -> Tensor {
+    let br = |t: &Tensor, bn: &str| w.bn_relu(t, &format!("{unit}.{bn}"), train);
+    let weight = |n: &str| w.w(&format!("{n}.weight"));
+    let (branch_in, shortcut) = if projection {
+        let proj = format!("{unit}.conv_proj");
+        (
+            conv(&br(x, "bn_proj_branch"), &weight(&proj), None, 1, 1),
+            conv(&br(x, "bn_proj_shortcut"), &weight(&proj), None, stride, 1),
+        )
+    } else {
+        (x.shallow_clone(), x.shallow_clone())
+    };
+    let h = conv(
+        &br(&branch_in, "bn_reduce"),
+        &weight(&format!("{group}.conv_reduce")),
+        None,
+        1,
+        1,
+    );
+    let h = conv(
+        &h,
+        &weight(&format!("{group}.conv_grouped")),
+        None,
+        stride,
+        groups,
+    );
+    let h = if extra {
+        conv(
+            &br(&h, "bn_extra"),
+            &weight(&format!("{unit}.conv_extra")),
+            None,
+            1,
+            1,
+        )
+    } else {
+        h
+    };
+    conv(
+        &br(&h, "bn_expand"),
+        &weight(&format!("{unit}.conv_expand")),
+        None,
+        1,
+        1,
+    ) + shortcut
+}
+
+/// A whole pre-activation network of CRU stages, written from the description: small stem (3×3/1
+/// conv, BN-ReLU), the units (share group k of a stage = units k·L .. (k+1)·L), final BN-ReLU,
+/// global average pool, fc.
+fn cru_net_ref(w: &RefWeights, spec: &NetSpec, x: &Tensor, train: bool) -> Tensor {
+    assert!(matches!(spec.stem, Stem::Small { .. }) && spec.preact);
+    let mut y = w.bn_relu(&conv(x, &w.w("conv1.weight"), None, 1, 1), "bn1", train);
+    let mut cin = spec.stem.width();
+    for (si, st) in spec.stages.iter().enumerate() {
+        let UnitSpec::Cru {
+            groups,
+            share,
+            extra_conv,
+            ..
+        } = st.unit
+        else {
+            panic!("CRU stages only")
+        };
+        for i in 0..st.depth {
+            let stride = if i == 0 { st.stride } else { 1 };
+            let projection = i == 0 && (stride != 1 || cin != st.width);
+            y = cru_unit_ref(
+                w,
+                &y,
+                &format!("layer{}.{i}", si + 1),
+                &format!("layer{}.share{}", si + 1, i / share),
+                stride as i64,
+                groups as i64,
+                projection,
+                extra_conv,
+                train,
+            );
+            cin = st.width;
+        }
+    }
+    let y = w.bn_relu(&y, "final_bn", train);
+    y.mean_dim([2i64, 3].as_slice(), false, Kind::Double)
+        .linear(&w.w("fc.weight"), Some(&w.w("fc.bias")))
 }
 
 #[test]
 fn f_shared_gradient_is_the_sum_of_per_unit_gradients() {
     tch::manual_seed(14);
-    let share = [3, 2];
-    let shared_vs = f64_store();
-    let shared = Network::new(&shared_vs.root(), &cru_net(share)).unwrap();
-    let unshared_vs = f64_store();
-    // share = 1: every unit owns its own copy (`share{i}` = unit i).
-    let unshared = Network::new(&unshared_vs.root(), &cru_net([1, 1])).unwrap();
-    randomize_bn(&shared_vs);
-    let sv = shared_vs.variables();
-    let uv = unshared_vs.variables();
-    tch::no_grad(|| {
-        for (name, t) in &uv {
-            let src = &sv[&share_name(name, &share).unwrap_or_else(|| name.clone())];
-            let mut dst = t.shallow_clone();
-            dst.copy_(src);
-        }
-    });
+    let spec = cru_net([3, 2]);
+    let vs = f64_store();
+    let net = Network::new(&vs.root(), &spec).unwrap();
+    randomize_bn(&vs);
+    // The reference: the same function with a separate copy of every shared tensor per use.
+    let reference = RefWeights::new(&vs, true);
     let x = Tensor::randn([3, 3, 8, 8], F64);
     let probe = Tensor::randn([3, 5], F64);
-    let grads = |net: &Network| {
-        let y = net.forward_t(&x, true);
-        (&y * &probe).sum(Kind::Double).backward();
-        y
-    };
-    let ys = grads(&shared);
-    let yu = grads(&unshared);
-    assert_close(
-        &ys,
-        &yu,
-        1e-12,
-        "shared and unshared copies compute the same function",
-    );
+    let y_ref = cru_net_ref(&reference, &spec, &x, true);
+    (&y_ref * &probe).sum(Kind::Double).backward();
+    let y = net.forward_t(&x, true);
+    (&y * &probe).sum(Kind::Double).backward();
+    assert_close(&y, &y_ref, 1e-12, "netgen vs per-use-copy reference (train)");
 
+    let sv = vs.variables();
     let mut sums: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in uv.iter().filter(|(_, t)| t.requires_grad()) {
-        let g = t.grad();
-        if let Some(key) = share_name(name, &share) {
-            let e = sums.entry(key).or_insert_with(|| g.zeros_like());
-            *e += &g;
-            assert!(g.norm().double_value(&[]) > 1e-6, "{name}: zero gradient");
-        } else {
-            // Not shared: the same gradient in both networks.
-            assert_close(&sv[name].grad(), &g, 1e-10, name);
-        }
+    let mut uses: HashMap<String, usize> = HashMap::new();
+    for (name, copy) in reference.uses.borrow().iter() {
+        let g = copy.grad();
+        assert!(g.norm().double_value(&[]) > 1e-6, "{name}: zero gradient");
+        let e = sums.entry(name.clone()).or_insert_with(|| g.zeros_like());
+        *e += &g;
+        *uses.entry(name.clone()).or_default() += 1;
     }
-    assert_eq!(
-        sums.len(),
-        2 * (2 + 2),
-        "share groups: layer1 has 2, layer2 has 2, two tensors each"
-    );
+    // layer1: groups of 3 + 1 units; layer2: 2 + 1 units, and conv_proj used twice.
+    let count = |n: &str| uses.get(n).copied().unwrap_or(0);
+    assert_eq!(count("layer1.share0.conv_reduce.weight"), 3);
+    assert_eq!(count("layer1.share1.conv_grouped.weight"), 1);
+    assert_eq!(count("layer2.share0.conv_grouped.weight"), 2);
+    assert_eq!(count("layer2.share1.conv_reduce.weight"), 1);
+    assert_eq!(count("layer2.0.conv_proj.weight"), 2);
+    assert_eq!(sums.len(), 2 * (2 + 2) + 1);
     for (name, total) in &sums {
-        let g = sv[name].grad();
         assert_close(
-            &g,
+            &sv[name].grad(),
             total,
             1e-10,
-            &format!("grad of shared {name} = Σ per-unit grads"),
+            &format!("grad of shared {name} = Σ per-use grads"),
         );
     }
+    // Not shared: the same gradient in both.
+    for (name, t) in sv
+        .iter()
+        .filter(|(n, t)| t.requires_grad() && !sums.contains_key(*n))
+    {
+        assert_close(&t.grad(), &reference.vars[name].grad(), 1e-10, name);
+    }
     // The group of 3 units differs from any single unit's contribution.
-    let one = uv["layer1.share0.conv_reduce.weight"].grad();
-    assert!(max_abs(&one, &sv["layer1.share0.conv_reduce.weight"].grad()) > 1e-6);
+    let first = reference
+        .uses
+        .borrow()
+        .iter()
+        .find(|(n, _)| n == "layer1.share0.conv_reduce.weight")
+        .map(|(_, t)| t.grad())
+        .unwrap();
+    assert!(max_abs(&first, &sv["layer1.share0.conv_reduce.weight"].grad()) > 1e-6);
+}
+
+// (g) -------------------------------------------------------------------------------------------
+
+#[test]
+fn g_released_cru_units_match_a_reference_written_from_their_description() {
+    tch::manual_seed(15);
+    let cru = |mid, groups, share, extra_conv| UnitSpec::Cru {
+        mid,
+        groups,
+        share,
+        extra_conv,
+    };
+    // Stage 1: depthwise CRU (groups = D) with a projection and stride 2, share groups 2 + 1;
+    // stage 2: grouped (R = 3) CRU without the extra 1×1 and without a projection.
+    let spec = NetSpec {
+        name: "released-cru".into(),
+        in_channels: 3,
+        input_size: 10,
+        classes: 4,
+        preact: true,
+        stem: Stem::Small { width: 8 },
+        stages: vec![
+            StageSpec {
+                depth: 3,
+                width: 12,
+                stride: 2,
+                unit: cru(6, 6, 2, true),
+            },
+            StageSpec {
+                depth: 2,
+                width: 12,
+                stride: 1,
+                unit: cru(9, 3, 2, false),
+            },
+        ],
+        separate_projection_bn: true,
+    };
+    let vs = f64_store();
+    let net = Network::new(&vs.root(), &spec).unwrap();
+    randomize_bn(&vs);
+    let x = Tensor::randn([2, 3, 10, 10], F64);
+    // Evaluation first (training updates the running statistics).
+    for train in [false, true] {
+        let reference = RefWeights::new(&vs, false);
+        let want = tch::no_grad(|| cru_net_ref(&reference, &spec, &x, train));
+        let got = tch::no_grad(|| net.forward_t(&x, train));
+        assert_close(
+            &got,
+            &want,
+            1e-12,
+            &format!("network vs reference (train = {train})"),
+        );
+    }
+    // The check is sharp: the same reference without the extra 1×1 (the paper's Fig. 3 left)
+    // does not agree with the first unit.
+    let reference = RefWeights::new(&vs, false);
+    let h = tch::no_grad(|| net.stem_t(&x, false));
+    let y = tch::no_grad(|| net.stages[0].units[0].forward_t(&h, false));
+    let unit_ref = |extra| {
+        tch::no_grad(|| {
+            cru_unit_ref(
+                &reference,
+                &h,
+                "layer1.0",
+                "layer1.share0",
+                2,
+                6,
+                true,
+                extra,
+                false,
+            )
+        })
+    };
+    assert_close(&unit_ref(true), &y, 1e-12, "first unit vs reference");
+    assert!(max_abs(&unit_ref(false), &y) > 1e-3);
 }

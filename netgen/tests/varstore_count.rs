@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use netgen::arch::{NetSpec, StageSpec, Stem, UnitSpec};
 use netgen::count::count;
-use netgen::nn::{Network, Unit, trainable_param_count};
+use netgen::nn::{Network, trainable_param_count};
 use tch::Device;
 use tch::nn::VarStore;
 
@@ -64,40 +64,51 @@ fn check(spec: &NetSpec) {
     assert_eq!(ptrs.len(), n, "{}: a trainable tensor appears twice", spec.name);
 
     // Real sharing: the units of share group k use share{k}'s tensors, and nothing else does.
+    let vars = vs.variables();
     for (si, (stage, sspec)) in net.stages.iter().zip(&spec.stages).enumerate() {
-        let ranges = sspec.unit.share_groups(sspec.depth);
+        assert_eq!(stage.units.len(), sspec.depth);
         if !sspec.unit.is_cru() {
-            assert!(stage.shared.is_empty());
+            assert!(
+                !vars
+                    .keys()
+                    .any(|k| k.starts_with(&format!("layer{}.share", si + 1))),
+                "{}: layer{} is not a CRU stage but has share-group tensors",
+                spec.name,
+                si + 1
+            );
             continue;
         }
-        assert_eq!(
-            stage.shared.len(),
-            ranges.len(),
-            "{}: layer{} share groups",
-            spec.name,
-            si + 1
-        );
+        let ranges = sspec.unit.share_groups(sspec.depth);
         for (k, range) in ranges.iter().enumerate() {
-            let vars = vs.variables();
             let reduce = &vars[&format!("layer{}.share{k}.conv_reduce.weight", si + 1)];
             let grouped = &vars[&format!("layer{}.share{k}.conv_grouped.weight", si + 1)];
-            for (i, unit) in stage.units.iter().enumerate() {
-                let Unit::Cru(u) = unit else {
-                    panic!("CRU stage holds a non-CRU unit")
-                };
+            for (i, u) in stage.units.iter().enumerate() {
                 let inside = range.contains(&i);
+                let r = u.conv("conv_reduce").expect("CRU unit has conv_reduce");
+                let g = u.conv("conv_grouped").expect("CRU unit has conv_grouped");
                 assert_eq!(
-                    u.reduce.weight.data_ptr() == reduce.data_ptr(),
+                    r.weight.data_ptr() == reduce.data_ptr(),
                     inside,
                     "unit {i}, group {k}"
                 );
                 assert_eq!(
-                    u.grouped.weight.data_ptr() == grouped.data_ptr(),
+                    g.weight.data_ptr() == grouped.data_ptr(),
                     inside,
                     "unit {i}, group {k}"
                 );
             }
         }
+        assert!(
+            !vars.contains_key(&format!(
+                "layer{}.share{}.conv_reduce.weight",
+                si + 1,
+                ranges.len()
+            )),
+            "{}: layer{} has more share groups than {}",
+            spec.name,
+            si + 1,
+            ranges.len()
+        );
     }
 }
 
@@ -228,4 +239,47 @@ fn invalid_specs_are_refused_with_a_message() {
         .expect_err("share 4 > depth 3")
         .to_string();
     assert!(err.contains("larger than the stage depth"), "{err}");
+}
+
+#[test]
+fn first_stride_and_the_main_fashion_mnist_configuration() {
+    use netgen::arch::config::GbtdConfig;
+    use tch::nn::ModuleT;
+    // netgen --R 32 --rank 4 --share 6 --input 28 (depth 56 from the share), and the same with a
+    // stride-2 first stage: the tch network has the counted parameters and follows the strides.
+    for first_stride in [1usize, 2] {
+        let spec = GbtdConfig {
+            share: Some(6),
+            input: Some(28),
+            first_stride: Some(first_stride),
+            ..Default::default()
+        }
+        .to_spec()
+        .expect("spec");
+        check(&spec);
+        let vs = VarStore::new(Device::Cpu);
+        let net = Network::new(&vs.root(), &spec).expect("build");
+        let x = tch::Tensor::randn([1, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let sizes: Vec<i64> = tch::no_grad(|| {
+            let mut y = net.stem_t(&x, false);
+            net.stages
+                .iter()
+                .map(|s| {
+                    y = s.forward_t(&y, false);
+                    y.size()[2]
+                })
+                .collect()
+        });
+        let want: Vec<i64> = spec.stage_out_sizes().iter().map(|n| n.unwrap() as i64).collect();
+        assert_eq!(sizes, want);
+        // The stage sizes by hand: 28 → 28, 14, 7 (stride 1) and 28 → 14, 7, 4 (stride 2).
+        assert_eq!(
+            sizes,
+            if first_stride == 1 {
+                [28, 14, 7]
+            } else {
+                [14, 7, 4]
+            }
+        );
+    }
 }

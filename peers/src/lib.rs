@@ -105,6 +105,16 @@ pub fn run_python(script: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `script` for `test` when the peers are available (see [`available`]) and returns its
+/// standard output; `None` after a `SKIPPED` line when they are not set up outside CI. Panics if the
+/// script fails, or in CI when the peers are missing.
+pub fn run(test: &str, script: &str, args: &[&str]) -> Option<String> {
+    if !available(test) {
+        return None;
+    }
+    Some(run_python(script, args).unwrap_or_else(|e| panic!("{test}: python peer failed: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

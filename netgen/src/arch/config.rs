@@ -16,13 +16,20 @@
 //!   channel, other sizes to 3.
 //! - **Depth**: ImageNet 50 and 56 → `[3,4,6,3]`, 101 → `[3,4,23,3]`, 116 → `[3,6,18,3]`, 152 →
 //!   `[3,8,36,3]` (CRU-Net-56/116 count the extra 1×1 of their CRUs as layers: 50 + 6, 92 + 24);
-//!   small-image `9k + 2` → `[k,k,k]`; or explicit stage depths.
+//!   small-image `9k + 2` → `[k,k,k]`; or explicit stage depths. Small images with a share L ≥ 2
+//!   and no depth get `9L + 2` = `[L,L,L]` (every stage one share group), so `--share 6 --input
+//!   28` is depth 56.
+//! - **Input and first stride**: the first stage's stride is 1 unless `first_stride` is given (2
+//!   quarters the multiply-adds of a small-image net at the same parameters); the spec refuses
+//!   inputs smaller than the product of all strides ([`NetSpec::validate`]).
 //! - **Sharing**: `share = L` turns stages into CRU stages whose units share the reduce 1×1 and the
 //!   grouped 3×3 within groups of L consecutive units. Which stages: `cru_stages` if given,
 //!   otherwise every stage with depth ≥ L (the paper shares "within every six layers, and for
 //!   those with less than six layers, we do not share"); with L = 6 this picks conv4 of depth
 //!   56 and conv3 + conv4 of depth 116, exactly as released. `--depth 56` / `116` without `share`
-//!   imply L = 6. No `share` means no CRU (plain ResNet / ResNeXt).
+//!   imply L = 6. No `share`, or `share = 1` (a CRU without sharing is ResNeXt), means no CRU
+//!   (plain ResNet / ResNeXt). A share that does not divide a CRU stage's depth (share 7 in a
+//!   stage of 18 gives groups 7 + 7 + 4) is refused unless `allow_uneven_share`.
 //! - **CRU width** D: `R·rank·2^s` like the other stages unless `cru_width` is given; CRU groups
 //!   are R, or D with `groups_eq_channels` (§4.2.2: "the number of groups is simply set to its
 //!   maximum number, i.e. equal to the channels size"). The extra 1×1 (Fig. 3 right) is on
@@ -43,33 +50,16 @@ pub enum Depth {
     Stages(Vec<usize>),
 }
 
-impl std::str::FromStr for Depth {
-    type Err = String;
-
-    /// "50" → layers; "3,4,6,3" (or a single "3," entry) → stage depths.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let s = s.trim();
-        if s.contains(',') {
-            let v = parse_list(s)?;
-            Ok(Depth::Stages(v))
-        } else {
-            s.parse::<usize>().map(Depth::Layers).map_err(|_| {
-                format!("'{s}' is not a depth; use e.g. 50, 56, 101, 116 or stage depths like 3,4,6,3")
-            })
+impl Depth {
+    /// From the values of `--depth`: one number is a layer count (50, 56, 101, …; 9k + 2), several
+    /// are stage depths (3,4,6,3). `None` for an empty list.
+    pub fn from_values(v: &[usize]) -> Option<Self> {
+        match v {
+            [] => None,
+            [n] => Some(Depth::Layers(*n)),
+            v => Some(Depth::Stages(v.to_vec())),
         }
     }
-}
-
-/// Parses "a,b,c" into numbers (empty entries are rejected).
-pub fn parse_list(s: &str) -> std::result::Result<Vec<usize>, String> {
-    s.split(',')
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<usize>()
-                .map_err(|_| format!("'{t}' in '{s}' is not a non-negative integer"))
-        })
-        .collect()
 }
 
 /// A GBTD configuration, as given on the command line.
@@ -79,9 +69,11 @@ pub struct GbtdConfig {
     pub r: usize,
     /// d3* = d4*: rank of each Tucker term in the first stage (doubles per stage).
     pub rank: usize,
-    /// L: share-group size (None: no CRU, unless the depth is 56 or 116).
+    /// L: share-group size (None: no CRU, unless the depth is 56 or 116). `Some(1)` means no
+    /// sharing, i.e. the same network as `None` (ResNeXt, or ResNet for R = 1).
     pub share: Option<usize>,
-    /// Depth (None: 50 for ImageNet, 29 for small images).
+    /// Depth (None: 50 for ImageNet; for small images 9L + 2 = `[L, L, L]` with a share L ≥ 2,
+    /// else 29).
     pub depth: Option<Depth>,
     /// CRU stages, 0-based (None: every stage with depth ≥ share).
     pub cru_stages: Option<Vec<usize>>,
@@ -105,6 +97,12 @@ pub struct GbtdConfig {
     pub input: Option<usize>,
     /// Input channels (None: 1 for 28×28, else 3).
     pub in_channels: Option<usize>,
+    /// Stride of the first stage (None: 1). 2 quarters the cost of a small-image network at the
+    /// same parameter count.
+    pub first_stride: Option<usize>,
+    /// Accept share groups of unequal size (e.g. 7 + 7 + 4 units for share 7 in a stage of 18);
+    /// refused otherwise, with the shares that divide the stage depths.
+    pub allow_uneven_share: bool,
 }
 
 impl Default for GbtdConfig {
@@ -125,6 +123,8 @@ impl Default for GbtdConfig {
             classes: None,
             input: None,
             in_channels: None,
+            first_stride: None,
+            allow_uneven_share: false,
         }
     }
 }
@@ -136,8 +136,14 @@ fn invalid<T>(m: String) -> Result<T> {
     Err(ArchError::Invalid(m))
 }
 
+/// A stage in both numberings the CLI accepts: "conv4 (stage 2)".
 fn stage_name(s: usize) -> String {
     format!("conv{} (stage {s})", s + 2)
+}
+
+/// The valid stages of an `n`-stage network in both numberings: "conv2..conv5 (stages 0..3)".
+fn valid_stages(n: usize) -> String {
+    format!("conv2..conv{} (stages 0..{})", n + 1, n.saturating_sub(1))
 }
 
 fn divisors(n: usize) -> String {
@@ -154,11 +160,15 @@ fn divisors(n: usize) -> String {
 
 impl GbtdConfig {
     /// Stage depths for this configuration and layout.
-    fn stage_depths(&self, imagenet: bool) -> Result<Vec<usize>> {
-        let depth = self
-            .depth
-            .clone()
-            .unwrap_or(Depth::Layers(if imagenet { 50 } else { 29 }));
+    /// `share`: the effective share-group size, which picks the small-image default depth.
+    fn stage_depths(&self, imagenet: bool, share: Option<usize>) -> Result<Vec<usize>> {
+        let default = match share {
+            _ if imagenet => Depth::Layers(50),
+            // A share group of L units needs stages of ≥ L units: [L, L, L] = 9L + 2 layers.
+            Some(l) if l >= 2 => Depth::Stages(vec![l; 3]),
+            _ => Depth::Layers(29),
+        };
+        let depth = self.depth.clone().unwrap_or(default);
         let v = match depth {
             Depth::Stages(v) => v,
             Depth::Layers(n) if imagenet => match n {
@@ -211,7 +221,27 @@ impl GbtdConfig {
             return invalid("input size 0; use 224 (ImageNet), 32 (CIFAR) or 28 (Fashion-MNIST)".into());
         }
         let imagenet = input >= IMAGENET_MIN_INPUT;
-        let depths = self.stage_depths(imagenet)?;
+        let named_cru = matches!(self.depth, Some(Depth::Layers(56 | 116))) && imagenet;
+        if self.share == Some(0) {
+            return invalid(
+                "share = 0; the share-group size L must be ≥ 1 (1 = no sharing, 6 as in the paper)".into(),
+            );
+        }
+        if self.share == Some(1) && self.cru_stages.is_some() {
+            return invalid(
+                "--cru-stages with --share 1: share 1 means no sharing (plain ResNeXt / ResNet units); give \
+                 --share L ≥ 2 for CRU stages, or drop --cru-stages"
+                    .into(),
+            );
+        }
+        // share 1 = no sharing: the same network as no --share (a CRU without sharing is ResNeXt).
+        let share = match self.share {
+            Some(1) => None,
+            Some(l) => Some(l),
+            None if named_cru => Some(6),
+            None => None,
+        };
+        let depths = self.stage_depths(imagenet, share)?;
         let n = depths.len();
         if n > MAX_STAGES {
             return invalid(format!("{n} stages; at most {MAX_STAGES} are supported"));
@@ -228,13 +258,6 @@ impl GbtdConfig {
         list_len_check("--widths", &self.widths)?;
         list_len_check("--mids", &self.mids)?;
 
-        let named_cru = matches!(self.depth, Some(Depth::Layers(56 | 116))) && imagenet;
-        let share = self.share.or(if named_cru { Some(6) } else { None });
-        if share == Some(0) {
-            return invalid(format!(
-                "share = 0; the share-group size L must be ≥ 1 (and ≤ the depth of the CRU stages: {depths:?})"
-            ));
-        }
         let cru_stages: Vec<usize> = match (&self.cru_stages, share) {
             (Some(_), None) => {
                 return invalid("--cru-stages needs --share L (the share-group size, e.g. --share 6)".into());
@@ -244,18 +267,20 @@ impl GbtdConfig {
                 for &s in list {
                     if s >= n {
                         return invalid(format!(
-                            "CRU stage {s} does not exist; valid stages are 0..{} (0 = conv2)",
-                            n - 1
+                            "CRU stage {} does not exist; this network has {n} stages: {}",
+                            stage_name(s),
+                            valid_stages(n)
                         ));
                     }
                     if l > depths[s] {
-                        let ok: Vec<usize> = (0..n).filter(|&i| depths[i] >= l).collect();
+                        let ok: Vec<String> = (0..n).filter(|&i| depths[i] >= l).map(stage_name).collect();
                         return invalid(format!(
                             "share {l} is larger than the depth {} of {}; valid: share ≤ {} for that stage, or CRU \
-                             stages with depth ≥ {l}: {ok:?}",
+                             stages with depth ≥ {l}: [{}]",
                             depths[s],
                             stage_name(s),
-                            depths[s]
+                            depths[s],
+                            ok.join(", ")
                         ));
                     }
                 }
@@ -267,15 +292,48 @@ impl GbtdConfig {
             (None, Some(l)) => {
                 let v: Vec<usize> = (0..n).filter(|&i| depths[i] >= l).collect();
                 if v.is_empty() {
+                    let deeper = if imagenet {
+                        match l {
+                            ..=23 => "--depth 101 ([3, 4, 23, 3])".to_string(),
+                            _ => format!("stage depths such as --depth 3,4,{l},3"),
+                        }
+                    } else {
+                        format!("--depth {} ([{l}, {l}, {l}]), or leave --depth out", 9 * l + 2)
+                    };
                     return invalid(format!(
-                        "share {l} is larger than every stage depth {depths:?}; valid: 1 ≤ share ≤ {} (or deeper \
-                         stages)",
+                        "share {l} is larger than every stage depth {depths:?}; valid: 1 ≤ share ≤ {}, or a deeper \
+                         network: {deeper}",
                         depths.iter().max().copied().unwrap_or(1)
                     ));
                 }
                 v
             }
         };
+        if let (Some(l), false) = (share, self.allow_uneven_share) {
+            for &c in &cru_stages {
+                let d = depths[c];
+                if !d.is_multiple_of(l) {
+                    let groups: Vec<String> = (0..d.div_ceil(l))
+                        .map(|k| (((k + 1) * l).min(d) - k * l).to_string())
+                        .collect();
+                    let divisors: Vec<String> = (2..=d)
+                        .filter(|k| d.is_multiple_of(*k))
+                        .map(|k| k.to_string())
+                        .collect();
+                    return invalid(format!(
+                        "share {l} splits the {d} units of {} into uneven share groups {}; use a share that divides \
+                         {d} ({}), or --allow-uneven-share to accept them",
+                        stage_name(c),
+                        groups.join(" + "),
+                        divisors.join(", ")
+                    ));
+                }
+            }
+        }
+        let first_stride = self.first_stride.unwrap_or(1);
+        if first_stride == 0 {
+            return invalid("first stride 0; use 1 (keep the input size) or 2 (halve it)".into());
+        }
         if let Some(d) = &self.cru_width {
             if cru_stages.is_empty() {
                 return invalid("--cru-width needs CRU stages: give --share L".into());
@@ -353,7 +411,7 @@ impl GbtdConfig {
             stages.push(StageSpec {
                 depth: depths[s],
                 width: widths[s],
-                stride: if s == 0 { 1 } else { 2 },
+                stride: if s == 0 { first_stride } else { 2 },
                 unit,
             });
         }
@@ -397,6 +455,9 @@ impl GbtdConfig {
         }
         let input = self.input.unwrap_or(224);
         s.push_str(&format!(", depths {depths:?}, {input}×{input}"));
+        if let Some(st) = self.first_stride.filter(|&st| st != 1) {
+            s.push_str(&format!(", first stride {st}"));
+        }
         s
     }
 }
@@ -463,6 +524,7 @@ mod tests {
         assert_eq!(
             cru(GbtdConfig {
                 share: Some(3),
+                allow_uneven_share: true,
                 ..base.clone()
             }),
             [0, 1, 2, 3]
@@ -479,6 +541,7 @@ mod tests {
         let s = GbtdConfig {
             depth: Some(Depth::Stages(vec![2, 8])),
             cru_stages: Some(vec![1]),
+            allow_uneven_share: true,
             ..base
         }
         .to_spec()
@@ -567,7 +630,9 @@ mod tests {
             ..d()
         });
         assert!(
-            e.contains("larger than every stage depth") && e.contains("1 ≤ share ≤ 6"),
+            e.contains("larger than every stage depth")
+                && e.contains("1 ≤ share ≤ 6")
+                && e.contains("--depth 101"),
             "{e}"
         );
         let e = err(GbtdConfig {
@@ -576,7 +641,7 @@ mod tests {
             ..d()
         });
         assert!(
-            e.contains("share 6 is larger than the depth 4") && e.contains("[2]"),
+            e.contains("share 6 is larger than the depth 4") && e.contains("[conv4 (stage 2)]"),
             "{e}"
         );
         let e = err(GbtdConfig {
@@ -584,7 +649,11 @@ mod tests {
             cru_stages: Some(vec![4]),
             ..d()
         });
-        assert!(e.contains("valid stages are 0..3"), "{e}");
+        assert!(
+            e.contains("CRU stage conv6 (stage 4) does not exist")
+                && e.contains("conv2..conv5 (stages 0..3)"),
+            "{e}"
+        );
         let e = err(GbtdConfig {
             cru_stages: Some(vec![2]),
             ..d()
@@ -649,13 +718,103 @@ mod tests {
     }
 
     #[test]
-    fn depth_parsing() {
-        assert_eq!("50".parse::<Depth>().unwrap(), Depth::Layers(50));
+    fn depth_values() {
+        assert_eq!(Depth::from_values(&[50]), Some(Depth::Layers(50)));
         assert_eq!(
-            "3, 4,6,3".parse::<Depth>().unwrap(),
-            Depth::Stages(vec![3, 4, 6, 3])
+            Depth::from_values(&[3, 4, 6, 3]),
+            Some(Depth::Stages(vec![3, 4, 6, 3]))
         );
-        assert!("fifty".parse::<Depth>().is_err());
-        assert!("3,x".parse::<Depth>().is_err());
+        assert_eq!(Depth::from_values(&[]), None);
+    }
+
+    #[test]
+    fn share_1_is_no_sharing() {
+        for r in [32, 1] {
+            let rank = if r == 1 { 64 } else { 4 };
+            for input in [None, Some(28)] {
+                let plain = GbtdConfig {
+                    r,
+                    rank,
+                    input,
+                    ..Default::default()
+                };
+                let one = GbtdConfig {
+                    share: Some(1),
+                    ..plain.clone()
+                };
+                assert_eq!(one.to_spec().unwrap(), plain.to_spec().unwrap());
+            }
+        }
+        let e = err(GbtdConfig {
+            share: Some(1),
+            cru_stages: Some(vec![2]),
+            ..Default::default()
+        });
+        assert!(e.contains("share 1 means no sharing"), "{e}");
+    }
+
+    #[test]
+    fn small_image_default_depth_follows_the_share() {
+        let s = GbtdConfig {
+            share: Some(6),
+            input: Some(28),
+            ..Default::default()
+        }
+        .to_spec()
+        .unwrap();
+        assert_eq!(s.stages.iter().map(|st| st.depth).collect::<Vec<_>>(), [6, 6, 6]);
+        assert!(s.stages.iter().all(|st| st.unit.is_cru() && st.unit.share() == 6));
+        // With an explicit depth that cannot hold the share, the error names one that can.
+        let e = err(GbtdConfig {
+            share: Some(6),
+            input: Some(28),
+            depth: Some(Depth::Layers(29)),
+            ..Default::default()
+        });
+        assert!(e.contains("--depth 56 ([6, 6, 6])"), "{e}");
+    }
+
+    #[test]
+    fn uneven_share_groups_are_refused_unless_allowed() {
+        let cfg = GbtdConfig {
+            share: Some(7),
+            depth: Some(Depth::Layers(116)),
+            ..Default::default()
+        };
+        let e = err(cfg.clone());
+        assert!(
+            e.contains("the 18 units of conv4 (stage 2) into uneven share groups 7 + 7 + 4")
+                && e.contains("2, 3, 6, 9, 18")
+                && e.contains("--allow-uneven-share"),
+            "{e}"
+        );
+        let s = GbtdConfig {
+            allow_uneven_share: true,
+            ..cfg
+        }
+        .to_spec()
+        .unwrap();
+        assert_eq!(s.stages[2].unit.share_groups(18), [0..7, 7..14, 14..18]);
+    }
+
+    #[test]
+    fn first_stride_sets_the_first_stage_stride() {
+        let s = GbtdConfig {
+            r: 8,
+            rank: 4,
+            input: Some(28),
+            first_stride: Some(2),
+            ..Default::default()
+        }
+        .to_spec()
+        .unwrap();
+        assert_eq!(s.stages[0].stride, 2);
+        assert_eq!(s.stage_out_sizes(), [Some(14), Some(7), Some(4)]);
+        assert!(s.name.contains("first stride 2"), "{}", s.name);
+        let e = err(GbtdConfig {
+            first_stride: Some(0),
+            ..Default::default()
+        });
+        assert!(e.contains("first stride 0"), "{e}");
     }
 }

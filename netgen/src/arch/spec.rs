@@ -12,7 +12,8 @@
 //! partial block-term decomposition with R terms of multilinear rank (·,·,d3*,d4*):
 //! `R = groups`, `d3* = d4* = mid / groups`. R = 1 is the ResNet bottleneck (Tucker-2).
 //!
-//! ## Conventions fixed here (both the counter and the tch builder follow them)
+//! ## Conventions fixed here (written out layer by layer in [`crate::arch::plan`], which both the
+//! counter and the tch builder follow)
 //! - **Projection shortcut**: only the first unit of a stage has one, and only when
 //!   `stride ≠ 1` or its input width differs from the stage width ([`StageSpec::has_projection`]).
 //!   Post-activation: 1×1 stride s → BN. Pre-activation aggregated: the unit's first BN-ReLU output
@@ -112,7 +113,7 @@ pub enum UnitSpec {
     /// groups = 1: ResNet bottleneck (Tucker-2, R = 1). groups = R > 1: ResNeXt (R Tuckers of rank
     /// d3* = d4* = mid/R). GBTD view: R = groups, d* = mid / groups.
     Aggregated { mid: usize, groups: usize },
-    /// Collective residual unit (paper Fig. 3 right, as released — see design.md):
+    /// Collective residual unit (paper Fig. 3 right, as in the released CRU-Net models):
     /// BN-ReLU-1×1 (width→mid) (shared) → 3×3 grouped (mid→mid, `groups`) (shared, no BN-ReLU
     /// before it) → BN-ReLU-1×1 (mid→mid) (not shared; the extra layer; omitted when
     /// extra_conv = false (Fig. 3 left)) → BN-ReLU-1×1 (mid→width) (not shared) → + shortcut.
@@ -175,6 +176,14 @@ impl Stem {
     pub fn width(&self) -> usize {
         match *self {
             Stem::Imagenet { width } | Stem::Small { width } => width,
+        }
+    }
+
+    /// Total stride of the stem: 4 for the ImageNet stem (conv /2, pool /2), 1 for the small stem.
+    pub fn stride(&self) -> usize {
+        match self {
+            Stem::Imagenet { .. } => 4,
+            Stem::Small { .. } => 1,
         }
     }
 
@@ -378,8 +387,26 @@ impl NetSpec {
                 }
             ));
         };
+        // The network downsamples by the product of its strides; a smaller input would only reach
+        // the deeper stages through the zero padding.
+        let strides: Vec<usize> = std::iter::once(self.stem.stride())
+            .chain(self.stages.iter().map(|s| s.stride.clamp(1, MAX_WIDTH)))
+            .collect();
+        let total = strides
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .unwrap_or(usize::MAX);
+        if self.input_size < total {
+            let list: Vec<String> = strides.iter().map(|s| s.to_string()).collect();
+            return bad(format!(
+                "input size {} is too small: the stem and stage strides ({}) reduce the input {total}-fold, so \
+                 the smallest input is {total} (e.g. 28 or 32 for small images, 224 for ImageNet)",
+                self.input_size,
+                list.join(" · ")
+            ));
+        }
         for (si, s) in self.stages.iter().enumerate() {
-            let name = format!("stage {} (conv{})", si, si + 2);
+            let name = format!("conv{} (stage {si})", si + 2);
             if s.depth == 0 {
                 return bad(format!("{name}: depth is 0; every stage needs at least 1 unit"));
             }
@@ -690,6 +717,7 @@ mod tests {
         check(&|s| s.stem = Stem::Small { width: 0 }, "stem width is 0");
         check(&|s| s.stages.clear(), "no stages");
         check(&|s| s.input_size = 0, "too small");
+        check(&|s| s.input_size = 1, "the smallest input is 2");
         check(&|s| s.stages[1].width = MAX_WIDTH + 1, "too large");
         check(&|s| s.input_size = MAX_INPUT + 1, "too large");
     }

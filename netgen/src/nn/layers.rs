@@ -207,14 +207,6 @@ impl Norm {
     }
 }
 
-/// The activation σ of a mode: ReLU in standard mode, identity in linear mode.
-pub fn act(mut x: Tensor, mode: Mode) -> Tensor {
-    match mode {
-        Mode::Standard => x.relu_(),
-        Mode::Linear => x,
-    }
-}
-
 /// The classifier `y = x Wᵀ + b`, `torch.nn.Linear` with PyTorch's default initialisation
 /// (W and b uniform in ±1/√in). Variables `weight` `(classes, in)` and `bias` `(classes)`.
 #[derive(Debug)]

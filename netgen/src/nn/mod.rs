@@ -8,6 +8,9 @@
 //! weight. With σ = identity and no BN ([`Mode::Linear`]) the chain is one dense k×k conv whose
 //! kernel is the BTD reconstruction (tested in `tests/unified.rs`).
 //!
+//! Every unit is built from its [`UnitPlan`](crate::arch::plan::UnitPlan), the description of its
+//! layers that [`crate::count`] counts too ([`Unit::from_plan`]).
+//!
 //! A CRU stage groups its units into share groups of L consecutive units (Eq. 12): each group owns
 //! ONE `(mid, width, 1, 1)` reduce tensor and ONE `(mid, mid / R, 3, 3)` grouped tensor, and every
 //! unit of the group convolves with those very tensors, so autograd accumulates the gradients of
@@ -63,8 +66,8 @@ pub mod units;
 
 pub use layers::{BatchNorm2d, Conv2d, Linear, Norm};
 pub use load::{load_safetensors, trainable_param_count};
-pub use network::{Network, Stage, Unit};
-pub use units::{CruProjection, CruShared, CruUnit, PostActUnit, PreActUnit, UnitDims};
+pub use network::{Network, Stage};
+pub use units::{BlockKind, SharedTensors, Unit, UnitDims};
 
 use thiserror::Error;
 

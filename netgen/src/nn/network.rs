@@ -2,57 +2,25 @@
 //!
 //! - Stem: `conv1` (7×7/2, padding 3, or 3×3/1 for small images) → `bn1` → σ → [3×3/2 max pool,
 //!   padding 1, ImageNet stem only]. Pre-activation nets keep the stem's BN-σ.
-//! - Stage `s` (1-based name `layer{s}`): units `layer{s}.{i}`; for CRU stages also the share groups
+//! - Stage `s` (1-based name `layer{s}`): units `layer{s}.{i}`, each built from its
+//!   [`UnitPlan`](crate::arch::plan::UnitPlan); for CRU stages also the share groups
 //!   `layer{s}.share{k}` (units `k·L .. min((k+1)·L, depth)`).
 //! - Head: [`final_bn` → σ, pre-activation nets only] → global average pool → `fc` (with bias).
 use tch::Tensor;
 use tch::nn::{ModuleT, Path};
 
 use super::layers::{Conv2d, Linear, Norm};
-use super::units::{CruShared, CruUnit, PostActUnit, PreActUnit, UnitDims};
+use super::units::{SharedTensors, Unit};
 use super::{Mode, NnError, Result};
-use crate::arch::{NetSpec, Stem, UnitSpec};
+use crate::arch::plan::unit_plan;
+use crate::arch::{NetSpec, Stem};
 
-/// One residual unit of any kind.
-#[derive(Debug)]
-pub enum Unit {
-    /// Post-activation aggregated (torchvision `Bottleneck`).
-    Post(PostActUnit),
-    /// Pre-activation aggregated.
-    Pre(PreActUnit),
-    /// Collective residual unit.
-    Cru(CruUnit),
-}
-
-impl Unit {
-    /// The residual function F(x) of the unit (without the shortcut).
-    pub fn residual_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match self {
-            Unit::Post(u) => u.residual_t(x, train),
-            Unit::Pre(u) => u.residual_t(x, train),
-            Unit::Cru(u) => u.residual_t(x, train),
-        }
-    }
-}
-
-impl ModuleT for Unit {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match self {
-            Unit::Post(u) => u.forward_t(x, train),
-            Unit::Pre(u) => u.forward_t(x, train),
-            Unit::Cru(u) => u.forward_t(x, train),
-        }
-    }
-}
-
-/// A stage: its units in order, and (CRU stages) the tensors of its share groups.
+/// A stage: its units in order.
 #[derive(Debug)]
 pub struct Stage {
-    /// The units, in order.
+    /// The units, in order. The units of a CRU share group hold handles to the same
+    /// `layer{s}.share{k}.conv_reduce` / `conv_grouped` tensors.
     pub units: Vec<Unit>,
-    /// Share groups' tensors (empty for non-CRU stages); `shared[k]` serves units
-    /// `k·L .. min((k+1)·L, depth)`.
-    pub shared: Vec<CruShared>,
 }
 
 impl ModuleT for Stage {
@@ -93,7 +61,8 @@ impl Network {
         Self::with_mode(vs, spec, Mode::Standard)
     }
 
-    /// Builds the network in the given [`Mode`].
+    /// Builds the network in the given [`Mode`]. Every unit is built from its
+    /// [`UnitPlan`](crate::arch::plan::UnitPlan), the description the counter uses too.
     pub fn with_mode(vs: &Path, spec: &NetSpec, mode: Mode) -> Result<Self> {
         spec.validate()?;
         let (stem_width, k, stem_stride, stem_pool) = match spec.stem {
@@ -102,67 +71,17 @@ impl Network {
         };
         let stem_conv = Conv2d::new(&(vs / "conv1"), spec.in_channels, stem_width, k, stem_stride, 1)?;
         let stem_bn = Norm::new(&(vs / "bn1"), stem_width, mode)?;
-        let mut stages = Vec::with_capacity(spec.stages.len());
-        for ((si, s), stage_in) in spec.stages.iter().enumerate().zip(spec.stage_in_widths()) {
-            let p = vs / format!("layer{}", si + 1);
-            let dims = |i: usize| UnitDims {
-                in_ch: s.unit_in_width(stage_in, i),
-                width: s.width,
-                mid: s.unit.mid(),
-                groups: s.unit.groups(),
-                stride: s.unit_stride(i),
-            };
-            let stage = match s.unit {
-                UnitSpec::Aggregated { .. } => {
-                    let units = (0..s.depth)
-                        .map(|i| {
-                            let up = &p / i;
-                            Ok(if spec.preact {
-                                Unit::Pre(PreActUnit::new(&up, &dims(i), spec.separate_projection_bn, mode)?)
-                            } else {
-                                Unit::Post(PostActUnit::new(&up, &dims(i), mode)?)
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    Stage {
-                        units,
-                        shared: Vec::new(),
-                    }
-                }
-                UnitSpec::Cru {
-                    mid,
-                    groups,
-                    extra_conv,
-                    ..
-                } => {
-                    let ranges = s.unit.share_groups(s.depth);
-                    let mut shared = Vec::with_capacity(ranges.len());
-                    let mut units = Vec::with_capacity(s.depth);
-                    for (k, range) in ranges.into_iter().enumerate() {
-                        let group = CruShared::new(&(&p / format!("share{k}")), s.width, mid, groups)?;
-                        for i in range {
-                            units.push(Unit::Cru(CruUnit::new(
-                                &(&p / i),
-                                &dims(i),
-                                &group,
-                                extra_conv,
-                                mode,
-                            )?));
-                        }
-                        shared.push(group);
-                    }
-                    if units.len() != s.depth {
-                        return Err(NnError::Spec(format!(
-                            "layer{}: share groups cover {} of {} units",
-                            si + 1,
-                            units.len(),
-                            s.depth
-                        )));
-                    }
-                    Stage { units, shared }
-                }
-            };
-            stages.push(stage);
+        let mut stages: Vec<Stage> = spec.stages.iter().map(|_| Stage { units: Vec::new() }).collect();
+        let mut shared = SharedTensors::new();
+        for u in spec.units() {
+            let unit = Unit::from_plan(vs, &unit_plan(spec, &u), &mut shared, mode)?;
+            let stage = stages.get_mut(u.stage).ok_or_else(|| {
+                NnError::Spec(format!(
+                    "unit {u:?} lies outside the {} stages",
+                    spec.stages.len()
+                ))
+            })?;
+            stage.units.push(unit);
         }
         let final_width = spec.final_width();
         let final_bn = if spec.preact {

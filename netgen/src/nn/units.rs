@@ -1,362 +1,263 @@
-//! Residual units with explicit widths: post-activation aggregated (torchvision ResNet v1.5 /
-//! ResNeXt `Bottleneck`), pre-activation aggregated, and the collective residual unit (CRU) whose
-//! first two convs use the tensors of its share group ([`CruShared`]).
+//! Residual units built from their [`UnitPlan`] (the one description of a unit's layers in
+//! [`crate::arch::plan`]): post-activation aggregated (torchvision ResNet v1.5 / ResNeXt
+//! `Bottleneck`), pre-activation aggregated, and the collective residual unit (CRU) whose first
+//! two convs use the tensors of its share group.
 //!
-//! Every unit computes `y = F(x) + S(x)` (post-activation units then apply σ), where F is the
-//! residual function ([`PostActUnit::residual_t`], …) and S the shortcut (identity, or a 1×1
-//! projection at the unit's stride). All shapes are PyTorch's: inputs `(N, C, H, W)`, conv weights
+//! Every unit computes `y = F(a) + S` with `a = pre(x)`, then σ for post-activation units, where F
+//! is the residual function ([`Unit::residual_t`]) and S the shortcut (identity, or a projection
+//! of `x` or `a`). All shapes are PyTorch's: inputs `(N, C, H, W)`, conv weights
 //! `(out, in / groups, kh, kw)`.
+use std::collections::HashMap;
+
 use tch::Tensor;
 use tch::nn::{ModuleT, Path};
 
-use super::layers::{Conv2d, Norm, act, conv_weight};
+use super::layers::{Conv2d, Norm, conv_weight};
 use super::{Mode, NnError, Result};
+pub use crate::arch::plan::{BlockKind, UnitShape as UnitDims};
+use crate::arch::plan::{LayerPlan, Op, ShortcutPlan, Source, UnitPlan, plan_unit};
 
-/// Channel widths and stride of one unit.
-///
-/// GBTD reading: `groups` = R block terms, `mid / groups` = d3* = d4*, `in_ch` = d3 (of the
-/// 1×1 reduce), `width` = d4 = the shortcut width bw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnitDims {
-    /// Channels entering the unit.
-    pub in_ch: usize,
-    /// Output (shortcut) width bw.
-    pub width: usize,
-    /// Bottleneck width R·d* of the grouped 3×3.
-    pub mid: usize,
-    /// Groups R of the 3×3.
-    pub groups: usize,
-    /// Stride of the unit (sits in the 3×3, and in the projection shortcut).
-    pub stride: usize,
+/// Tensors shared between layer uses, by module name (a CRU share group's `conv_reduce` and
+/// `conv_grouped`, the first CRU unit's `conv_proj`): the owning use creates the weight, later uses
+/// of the same name convolve with that very tensor, so autograd accumulates their gradients into
+/// it.
+pub type SharedTensors = HashMap<String, Tensor>;
+
+/// One built layer of a unit.
+#[derive(Debug)]
+pub enum Layer {
+    /// A bias-free convolution (its weight possibly shared).
+    Conv(Conv2d),
+    /// BN (absent in [`Mode::Linear`]), then σ when the flag is set.
+    Norm(Norm, bool),
 }
 
-impl UnitDims {
-    /// Whether the unit needs a projection shortcut (`stride ≠ 1` or `in_ch ≠ width`).
-    pub fn has_projection(&self) -> bool {
-        self.stride != 1 || self.in_ch != self.width
-    }
-
-    fn check(&self, p: &Path) -> Result<()> {
-        let ok = self.in_ch > 0
-            && self.width > 0
-            && self.mid > 0
-            && self.groups > 0
-            && self.stride > 0
-            && self.mid.is_multiple_of(self.groups);
-        if ok {
-            Ok(())
-        } else {
-            Err(NnError::Spec(format!(
-                "{}: unit dims {self:?} invalid; widths, groups and stride must be positive and groups must \
-                 divide mid",
-                p.path("*")
-            )))
+impl Layer {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Layer::Conv(c) => c.forward(x),
+            Layer::Norm(n, true) => n.bn_act(x, train),
+            Layer::Norm(n, false) => n.forward_t(x, train),
         }
     }
 }
 
-/// Post-activation aggregated unit, torchvision's `Bottleneck` (ResNet v1.5 / ResNeXt):
-/// `σ(BN3(conv3(σ(BN2(conv2(σ(BN1(conv1(x)))))))) + S(x))`, conv1 1×1 in→mid, conv2 3×3 mid→mid
-/// (stride, groups), conv3 1×1 mid→width, S = BN(1×1 stride s) projection or identity.
-#[derive(Debug)]
-pub struct PostActUnit {
-    /// 1×1 reduce, `(mid, in, 1, 1)`.
-    pub conv1: Conv2d,
-    /// BN after conv1.
-    pub bn1: Norm,
-    /// Grouped 3×3, `(mid, mid / groups, 3, 3)`, carries the stride.
-    pub conv2: Conv2d,
-    /// BN after conv2.
-    pub bn2: Norm,
-    /// 1×1 expand, `(width, mid, 1, 1)`.
-    pub conv3: Conv2d,
-    /// BN after conv3.
-    pub bn3: Norm,
-    /// Projection shortcut: 1×1 conv at the stride (`downsample.0`) and its BN (`downsample.1`).
-    pub downsample: Option<(Conv2d, Norm)>,
-    /// σ = ReLU or identity.
-    pub mode: Mode,
-}
+/// A sequence of named layers.
+#[derive(Debug, Default)]
+pub struct Seq(pub Vec<(String, Layer)>);
 
-impl PostActUnit {
-    /// Creates the unit's variables under `p` (torchvision names).
-    pub fn new(p: &Path, d: &UnitDims, mode: Mode) -> Result<Self> {
-        d.check(p)?;
-        let downsample = if d.has_projection() {
-            let ds = p / "downsample";
-            Some((
-                Conv2d::new(&(&ds / "0"), d.in_ch, d.width, 1, d.stride, 1)?,
-                Norm::new(&(&ds / "1"), d.width, mode)?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            conv1: Conv2d::new(&(p / "conv1"), d.in_ch, d.mid, 1, 1, 1)?,
-            bn1: Norm::new(&(p / "bn1"), d.mid, mode)?,
-            conv2: Conv2d::new(&(p / "conv2"), d.mid, d.mid, 3, d.stride, d.groups)?,
-            bn2: Norm::new(&(p / "bn2"), d.mid, mode)?,
-            conv3: Conv2d::new(&(p / "conv3"), d.mid, d.width, 1, 1, 1)?,
-            bn3: Norm::new(&(p / "bn3"), d.width, mode)?,
-            downsample,
-            mode,
-        })
-    }
-
-    /// The residual function F(x) = BN3(conv3(σ(BN2(conv2(σ(BN1(conv1(x)))))))).
-    pub fn residual_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.bn1.bn_act(&self.conv1.forward(x), train);
-        let y = self.bn2.bn_act(&self.conv2.forward(&y), train);
-        self.bn3.forward_t(&self.conv3.forward(&y), train)
-    }
-
-    /// The shortcut S(x): identity or BN(1×1 conv at the stride).
-    pub fn shortcut_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x), train),
-            None => x.shallow_clone(),
+impl Seq {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for (_, l) in &self.0 {
+            y = l.forward_t(&y, train);
         }
-    }
-}
-
-impl ModuleT for PostActUnit {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = self.residual_t(x, train);
-        y += self.shortcut_t(x, train);
-        act(y, self.mode)
-    }
-}
-
-/// Pre-activation aggregated unit (He et al. 2016b, with ResNeXt's grouped 3×3):
-/// `a = σ(BN1(x))`, `F = conv3(σ(BN3(conv2(σ(BN2(conv1(a)))))))`, `y = F + S`, with S the identity
-/// or a 1×1 conv at the stride applied to `a` — or, with a separate projection BN (the released
-/// CRU-Nets, `NetSpec::separate_projection_bn`), to `σ(BN_ds(x))`. No activation after the addition.
-#[derive(Debug)]
-pub struct PreActUnit {
-    /// BN before conv1 (its σ output also feeds the projection).
-    pub bn1: Norm,
-    /// 1×1 reduce, `(mid, in, 1, 1)`.
-    pub conv1: Conv2d,
-    /// BN before conv2.
-    pub bn2: Norm,
-    /// Grouped 3×3, `(mid, mid / groups, 3, 3)`, carries the stride.
-    pub conv2: Conv2d,
-    /// BN before conv3.
-    pub bn3: Norm,
-    /// 1×1 expand, `(width, mid, 1, 1)`.
-    pub conv3: Conv2d,
-    /// Projection: 1×1 conv in→width at the stride (`downsample`).
-    pub downsample: Option<Conv2d>,
-    /// The projection's own BN (`bn_downsample`), when it does not reuse `bn1`'s output.
-    pub bn_downsample: Option<Norm>,
-}
-
-impl PreActUnit {
-    /// Creates the unit's variables under `p`. `separate_projection_bn`: the projection (if any)
-    /// gets its own BN-σ of the unit input instead of reusing `σ(BN1(x))`.
-    pub fn new(p: &Path, d: &UnitDims, separate_projection_bn: bool, mode: Mode) -> Result<Self> {
-        d.check(p)?;
-        let (downsample, bn_downsample) = if d.has_projection() {
-            let bn = if separate_projection_bn {
-                Some(Norm::new(&(p / "bn_downsample"), d.in_ch, mode)?)
-            } else {
-                None
-            };
-            (
-                Some(Conv2d::new(
-                    &(p / "downsample"),
-                    d.in_ch,
-                    d.width,
-                    1,
-                    d.stride,
-                    1,
-                )?),
-                bn,
-            )
-        } else {
-            (None, None)
-        };
-        Ok(Self {
-            bn1: Norm::new(&(p / "bn1"), d.in_ch, mode)?,
-            conv1: Conv2d::new(&(p / "conv1"), d.in_ch, d.mid, 1, 1, 1)?,
-            bn2: Norm::new(&(p / "bn2"), d.mid, mode)?,
-            conv2: Conv2d::new(&(p / "conv2"), d.mid, d.mid, 3, d.stride, d.groups)?,
-            bn3: Norm::new(&(p / "bn3"), d.mid, mode)?,
-            conv3: Conv2d::new(&(p / "conv3"), d.mid, d.width, 1, 1, 1)?,
-            downsample,
-            bn_downsample,
-        })
-    }
-
-    /// `(F(x), S(x))`, sharing the first BN-σ between branch and projection.
-    fn branches(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let a = self.bn1.bn_act(x, train);
-        let shortcut = match (&self.downsample, &self.bn_downsample) {
-            (Some(conv), Some(bn)) => conv.forward(&bn.bn_act(x, train)),
-            (Some(conv), None) => conv.forward(&a),
-            (None, _) => x.shallow_clone(),
-        };
-        let y = self.conv1.forward(&a);
-        let y = self.conv2.forward(&self.bn2.bn_act(&y, train));
-        (self.conv3.forward(&self.bn3.bn_act(&y, train)), shortcut)
-    }
-
-    /// The residual function F(x).
-    pub fn residual_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.branches(x, train).0
-    }
-}
-
-impl ModuleT for PreActUnit {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let (mut y, shortcut) = self.branches(x, train);
-        y += shortcut;
         y
     }
+
+    fn find(&self, name: &str) -> Option<&Layer> {
+        let suffix = format!(".{name}");
+        self.0
+            .iter()
+            .find(|(n, _)| n == name || n.ends_with(&suffix))
+            .map(|(_, l)| l)
+    }
 }
 
-/// The tensors one CRU share group owns (Eq. 12: `A3_r` and `G_r` shared by the group's L units).
+/// The built shortcut.
 #[derive(Debug)]
-pub struct CruShared {
-    /// Shared 1×1 reduce, `(mid, width, 1, 1)` (`share{k}.conv_reduce.weight`).
-    pub reduce: Tensor,
-    /// Shared grouped 3×3, `(mid, mid / groups, 3, 3)` (`share{k}.conv_grouped.weight`).
-    pub grouped: Tensor,
-    /// Groups R of the 3×3.
-    pub groups: usize,
+pub enum Shortcut {
+    /// `S(x) = x`.
+    Identity,
+    /// A projection of `x` ([`Source::Input`]) or of `a` ([`Source::Pre`]).
+    Projection(Source, Seq),
 }
 
-impl CruShared {
-    /// Creates the group's two tensors under `p` (e.g. `layer3.share0`).
-    pub fn new(p: &Path, width: usize, mid: usize, groups: usize) -> Result<Self> {
-        Ok(Self {
-            reduce: conv_weight(&(p / "conv_reduce"), "weight", width, mid, 1, 1)?,
-            grouped: conv_weight(&(p / "conv_grouped"), "weight", mid, mid, 3, groups)?,
+/// A residual unit of any kind.
+#[derive(Debug)]
+pub struct Unit {
+    /// The plan it was built from.
+    pub plan: UnitPlan,
+    /// Layers producing the branch input `a` from `x` (empty: `a = x`).
+    pub pre: Seq,
+    /// The residual function F.
+    pub branch: Seq,
+    /// The shortcut S.
+    pub shortcut: Shortcut,
+    /// σ = ReLU after the addition (post-activation units in [`Mode::Standard`]).
+    pub relu_after_add: bool,
+}
+
+/// Module path `root.a.b.c` for the dotted `name`.
+fn sub<'a>(root: &Path<'a>, name: &str) -> Path<'a> {
+    name.split('.').fold(root.clone(), |p, c| p.sub(c))
+}
+
+fn build_layer(root: &Path, l: &LayerPlan, shared: &mut SharedTensors, mode: Mode) -> Result<Layer> {
+    let p = sub(root, &l.name);
+    match l.op {
+        Op::Bn { channels, relu } => Ok(Layer::Norm(Norm::new(&p, channels, mode)?, relu)),
+        Op::Conv {
+            cin,
+            cout,
+            k,
+            stride,
             groups,
-        })
+        } => {
+            let weight = if l.owner {
+                let w = conv_weight(&p, "weight", cin, cout, k, groups)?;
+                if l.shared {
+                    shared.insert(l.name.clone(), w.shallow_clone());
+                }
+                w
+            } else {
+                let w = shared.get(&l.name).ok_or_else(|| {
+                    NnError::Spec(format!("{}: shared tensor used before it was created", l.name))
+                })?;
+                let want = [cout as i64, (cin / groups) as i64, k as i64, k as i64];
+                if w.size() != want {
+                    return Err(NnError::Spec(format!(
+                        "{}: shared tensor {:?} does not fit this use (want {want:?})",
+                        l.name,
+                        w.size()
+                    )));
+                }
+                w.shallow_clone()
+            };
+            Ok(Layer::Conv(Conv2d::shared(&weight, stride, groups)?))
+        }
     }
 }
 
-/// Projection of a CRU stage's first unit: ONE 1×1 weight (in→width) used twice, each time after its
-/// own BN-σ of the unit input — at stride 1 for the branch input, at the stride for the shortcut.
-#[derive(Debug)]
-pub struct CruProjection {
-    /// BN before the stride-1 use (`bn_proj_branch`).
-    pub bn_branch: Norm,
-    /// BN before the strided use (`bn_proj_shortcut`).
-    pub bn_shortcut: Norm,
-    /// The weight at stride 1 (`conv_proj.weight`).
-    pub branch: Conv2d,
-    /// The same weight at the stride.
-    pub shortcut: Conv2d,
+fn build_seq(root: &Path, ls: &[LayerPlan], shared: &mut SharedTensors, mode: Mode) -> Result<Seq> {
+    ls.iter()
+        .map(|l| Ok((l.name.clone(), build_layer(root, l, shared, mode)?)))
+        .collect::<Result<Vec<_>>>()
+        .map(Seq)
 }
 
-/// Collective residual unit as released (design.md, paper Fig. 3):
-/// `u` = branch input (x, or the stride-1 projection of the first unit),
-/// `F = conv_expand(σ(BN_expand([conv_extra(σ(BN_extra(·)))] grouped(reduce(σ(BN_reduce(u)))))))`,
-/// `y = F + S` with S = identity or the strided projection. `reduce` and `grouped` are the share
-/// group's tensors; the stride sits in `grouped`. No activation after the addition.
-#[derive(Debug)]
-pub struct CruUnit {
-    /// Projection (first unit of a stage whose width or size changes).
-    pub proj: Option<CruProjection>,
-    /// BN before the shared 1×1.
-    pub bn_reduce: Norm,
-    /// Shared 1×1 (the group's `reduce` tensor, stride 1).
-    pub reduce: Conv2d,
-    /// Shared grouped 3×3 (the group's `grouped` tensor, at this unit's stride).
-    pub grouped: Conv2d,
-    /// The extra BN-σ-1×1 (mid→mid) of Fig. 3 right, not shared.
-    pub extra: Option<(Norm, Conv2d)>,
-    /// BN before the last 1×1.
-    pub bn_expand: Norm,
-    /// Last 1×1 (mid→width), not shared.
-    pub conv_expand: Conv2d,
-}
-
-impl CruUnit {
-    /// Creates the unit's own variables under `p` and binds the group's shared tensors.
-    pub fn new(p: &Path, d: &UnitDims, shared: &CruShared, extra_conv: bool, mode: Mode) -> Result<Self> {
-        d.check(p)?;
-        let want_reduce = [d.mid as i64, d.width as i64, 1, 1];
-        let want_grouped = [d.mid as i64, (d.mid / d.groups) as i64, 3, 3];
-        if shared.reduce.size() != want_reduce
-            || shared.grouped.size() != want_grouped
-            || shared.groups != d.groups
-        {
-            return Err(NnError::Spec(format!(
-                "{}: share group tensors {:?} / {:?} (groups {}) do not fit the unit (want {want_reduce:?} / \
-                 {want_grouped:?}, groups {})",
-                p.path("*"),
-                shared.reduce.size(),
-                shared.grouped.size(),
-                shared.groups,
-                d.groups
-            )));
-        }
-        let proj = if d.has_projection() {
-            let w = conv_weight(&(p / "conv_proj"), "weight", d.in_ch, d.width, 1, 1)?;
-            Some(CruProjection {
-                bn_branch: Norm::new(&(p / "bn_proj_branch"), d.in_ch, mode)?,
-                bn_shortcut: Norm::new(&(p / "bn_proj_shortcut"), d.in_ch, mode)?,
-                branch: Conv2d::shared(&w, 1, 1)?,
-                shortcut: Conv2d::shared(&w, d.stride, 1)?,
-            })
-        } else {
-            None
+impl Unit {
+    /// Builds the unit of `plan` under `root` (module names in the plan are relative to it).
+    /// Tensors used by several layers are created by their owning use and looked up in `shared`
+    /// by the others.
+    pub fn from_plan(root: &Path, plan: &UnitPlan, shared: &mut SharedTensors, mode: Mode) -> Result<Self> {
+        let pre = build_seq(root, &plan.pre, shared, mode)?;
+        let branch = build_seq(root, &plan.branch, shared, mode)?;
+        let shortcut = match &plan.shortcut {
+            ShortcutPlan::Identity => Shortcut::Identity,
+            ShortcutPlan::Projection { from, layers } => {
+                Shortcut::Projection(*from, build_seq(root, layers, shared, mode)?)
+            }
         };
-        let extra = if extra_conv {
-            Some((
-                Norm::new(&(p / "bn_extra"), d.mid, mode)?,
-                Conv2d::new(&(p / "conv_extra"), d.mid, d.mid, 1, 1, 1)?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            proj,
-            bn_reduce: Norm::new(&(p / "bn_reduce"), d.width, mode)?,
-            reduce: Conv2d::shared(&shared.reduce, 1, 1)?,
-            grouped: Conv2d::shared(&shared.grouped, d.stride, d.groups)?,
-            extra,
-            bn_expand: Norm::new(&(p / "bn_expand"), d.mid, mode)?,
-            conv_expand: Conv2d::new(&(p / "conv_expand"), d.mid, d.width, 1, 1, 1)?,
+        Ok(Unit {
+            plan: plan.clone(),
+            pre,
+            branch,
+            shortcut,
+            relu_after_add: plan.relu_after_add && mode == Mode::Standard,
         })
     }
 
-    /// The chain applied to the branch input `u` (width channels): BN-σ → shared 1×1 → shared
-    /// grouped 3×3 → [BN-σ → extra 1×1] → BN-σ → last 1×1.
-    pub fn chain_t(&self, u: &Tensor, train: bool) -> Tensor {
-        let y = self.reduce.forward(&self.bn_reduce.bn_act(u, train));
-        let mut y = self.grouped.forward(&y);
-        if let Some((bn, conv)) = &self.extra {
-            y = conv.forward(&bn.bn_act(&y, train));
+    /// A unit of kind `kind` and dimensions `d` on its own, with module names relative to `p`
+    /// (e.g. `conv1`, `bn1`, `downsample.0` for a post-activation unit). A CRU built this way owns
+    /// its share group's tensors (`share.conv_reduce`, `share.conv_grouped`).
+    pub fn new(p: &Path, kind: &BlockKind, d: &UnitDims, mode: Mode) -> Result<Self> {
+        check(p, d)?;
+        // Sizes only matter for counting; 1 is a placeholder that every stride accepts.
+        let plan = plan_unit(kind, d, 1, "");
+        Self::from_plan(p, &plan, &mut SharedTensors::new(), mode)
+    }
+
+    /// Post-activation aggregated unit (torchvision `Bottleneck`):
+    /// `σ(BN3(conv3(σ(BN2(conv2(σ(BN1(conv1(x)))))))) + S(x))`.
+    pub fn post_act(p: &Path, d: &UnitDims, mode: Mode) -> Result<Self> {
+        Self::new(p, &BlockKind::PostAct, d, mode)
+    }
+
+    /// Pre-activation aggregated unit: `a = σ(BN1(x))`, `F = conv3(σ(BN3(conv2(σ(BN2(conv1(a)))))))`,
+    /// `y = F + S`, S the identity or a 1×1 conv at the stride applied to `a`, or (with
+    /// `separate_projection_bn`) to `σ(BN_ds(x))`.
+    pub fn pre_act(p: &Path, d: &UnitDims, separate_projection_bn: bool, mode: Mode) -> Result<Self> {
+        Self::new(
+            p,
+            &BlockKind::PreAct {
+                separate_projection_bn,
+            },
+            d,
+            mode,
+        )
+    }
+
+    /// The convolution whose module name is `name` or ends with `.name` (the first use, for a
+    /// tensor used twice), e.g. `conv1`, `downsample.0`, `conv_reduce`, `conv_proj`.
+    pub fn conv(&self, name: &str) -> Option<&Conv2d> {
+        let sc = match &self.shortcut {
+            Shortcut::Projection(_, s) => s.find(name),
+            Shortcut::Identity => None,
+        };
+        match self.pre.find(name).or_else(|| self.branch.find(name)).or(sc) {
+            Some(Layer::Conv(c)) => Some(c),
+            _ => None,
         }
-        self.conv_expand.forward(&self.bn_expand.bn_act(&y, train))
+    }
+
+    /// The BN slot whose module name is `name` or ends with `.name`, e.g. `bn1`, `bn_expand`.
+    pub fn norm(&self, name: &str) -> Option<&Norm> {
+        let sc = match &self.shortcut {
+            Shortcut::Projection(_, s) => s.find(name),
+            Shortcut::Identity => None,
+        };
+        match self.pre.find(name).or_else(|| self.branch.find(name)).or(sc) {
+            Some(Layer::Norm(n, _)) => Some(n),
+            _ => None,
+        }
     }
 
     /// `(F(x), S(x))`.
     fn branches(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
-        match &self.proj {
-            Some(p) => {
-                let shortcut = p.shortcut.forward(&p.bn_shortcut.bn_act(x, train));
-                let u = p.branch.forward(&p.bn_branch.bn_act(x, train));
-                (self.chain_t(&u, train), shortcut)
-            }
-            None => (self.chain_t(x, train), x.shallow_clone()),
-        }
+        let a = self.pre.forward_t(x, train);
+        let shortcut = match &self.shortcut {
+            Shortcut::Identity => x.shallow_clone(),
+            Shortcut::Projection(Source::Input, s) => s.forward_t(x, train),
+            Shortcut::Projection(Source::Pre, s) => s.forward_t(&a, train),
+        };
+        (self.branch.forward_t(&a, train), shortcut)
     }
 
-    /// The residual function F(x) (including the first unit's stride-1 projection).
+    /// The residual function F(x) (for a CRU's first unit including the stride-1 projection that
+    /// makes the branch input).
     pub fn residual_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.branches(x, train).0
+        self.branch.forward_t(&self.pre.forward_t(x, train), train)
+    }
+
+    /// The shortcut S(x).
+    pub fn shortcut_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.branches(x, train).1
     }
 }
 
-impl ModuleT for CruUnit {
+impl ModuleT for Unit {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let (mut y, shortcut) = self.branches(x, train);
         y += shortcut;
-        y
+        if self.relu_after_add { y.relu_() } else { y }
+    }
+}
+
+/// Refuses unit dimensions that cannot be built.
+fn check(p: &Path, d: &UnitDims) -> Result<()> {
+    let ok = d.in_ch > 0
+        && d.width > 0
+        && d.mid > 0
+        && d.groups > 0
+        && d.stride > 0
+        && d.mid.is_multiple_of(d.groups);
+    if ok {
+        Ok(())
+    } else {
+        Err(NnError::Spec(format!(
+            "{}: unit dims {d:?} invalid; widths, groups and stride must be positive and groups must divide mid",
+            p.path("*")
+        )))
     }
 }
