@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-
 use netgen::arch::config::{Depth, GbtdConfig};
 use netgen::arch::presets::{self, PresetOptions};
 use netgen::count::{Counts, count};
