@@ -22,6 +22,8 @@ pub mod options;
 pub mod parallel;
 #[doc(hidden)]
 pub mod peers;
+pub mod pickle;
+pub mod pth;
 pub mod random;
 pub mod real;
 pub mod tensor;
