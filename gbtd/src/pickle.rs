@@ -28,14 +28,16 @@ use std::collections::HashMap;
 pub enum PickleError {
     /// A global outside the allow list; nothing was called.
     #[error(
-        "refused pickle global `{module}.{name}` (only state-dict types are allowed; this file may try to run code)"
+        "refused pickle global `{}.{}` (only state-dict types are allowed; this file may try to run code)",
+        one_line(.module),
+        one_line(.name)
     )]
     RefusedGlobal { module: String, name: String },
     #[error("pickle data truncated at byte {offset} (needed {needed} more bytes)")]
     Truncated { offset: usize, needed: u64 },
     #[error("unsupported pickle opcode 0x{opcode:02x} at byte {offset}")]
     UnknownOpcode { opcode: u8, offset: usize },
-    #[error("malformed pickle at byte {offset}: {what}")]
+    #[error("malformed pickle at byte {offset}: {}", one_line(.what))]
     Malformed { offset: usize, what: String },
     #[error("pickle exceeds the reader's limit on {what} ({limit}) at byte {offset}")]
     Limit {
@@ -173,6 +175,21 @@ impl Callable {
         };
         Ok(c)
     }
+}
+
+/// `s` with control characters (newlines ...) escaped, so that a message built from names in
+/// a file stays on one line.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 fn refuse(module: &str, name: &str) -> PickleError {

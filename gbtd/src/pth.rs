@@ -44,7 +44,7 @@ use std::path::Path;
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
-use crate::pickle::{self, Limits, PickleError, StorageDtype, TensorRef, Value};
+use crate::pickle::{self, Limits, PickleError, StorageDtype, TensorRef, Value, one_line};
 
 /// Element type of a checkpoint tensor (torch's dtype).
 pub type DType = StorageDtype;
@@ -61,7 +61,7 @@ pub enum PthFormat {
 /// Errors reading a checkpoint; each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum PthError {
-    #[error("cannot read {context}: {source}")]
+    #[error("cannot read {}: {source}", one_line(.context))]
     Io { context: String, source: std::io::Error },
     #[error(
         "{0}; if this checkpoint is trusted, re-save its weights with `torch.save(model.state_dict(), PATH)` or as safetensors"
@@ -69,13 +69,13 @@ pub enum PthError {
     Refused(PickleError),
     #[error("bad pickle in the checkpoint: {0}")]
     Pickle(PickleError),
-    #[error("not a PyTorch checkpoint: {0}")]
+    #[error("not a PyTorch checkpoint: {}", one_line(.0))]
     NotCheckpoint(String),
-    #[error("bad zip checkpoint: {0}")]
+    #[error("bad zip checkpoint: {}", one_line(.0))]
     Zip(String),
-    #[error("storage `{key}`: {what}")]
+    #[error("storage `{}`: {}", one_line(.key), one_line(.what))]
     BadStorage { key: String, what: String },
-    #[error("tensor `{name}`: {what}")]
+    #[error("tensor `{}`: {}", one_line(.name), one_line(.what))]
     BadTensor { name: String, what: String },
 }
 
