@@ -72,6 +72,25 @@ save("params", param, param, None)
 m = torchvision.models.resnet18(weights=None)
 save("resnet18", m.state_dict(), m.state_dict(), None, refs=False)
 
+# A big-endian zip checkpoint: torch cannot write one on this machine, so a little-endian one is
+# rewritten (byteorder "big", every storage byte-swapped; storage keys follow insertion order).
+be = collections.OrderedDict([("a", torch.randn(3, 4)), ("b", torch.randn(5).double()),
+                              ("c", torch.randn(2, 2).half()), ("d", torch.tensor([1, -2, 2**50]))])
+torch.save(be, os.path.join(d, "le.pth"))
+with zipfile.ZipFile(os.path.join(d, "le.pth")) as zin, zipfile.ZipFile(os.path.join(d, "bigendian_zip.pth"), "w") as zout:
+    for info in zin.infolist():
+        data = zin.read(info.filename)
+        if info.filename.endswith("/byteorder"):
+            data = b"big"
+        elif "/data/" in info.filename and not info.filename.endswith("serialization_id"):
+            t = list(be.values())[int(info.filename.rsplit("/", 1)[1])]
+            data = np.frombuffer(data, dtype=t.numpy().dtype).byteswap().tobytes()
+        zout.writestr(info.filename.replace("le/", "bigendian_zip/", 1), data)
+manifest["bigendian_zip.pth"] = {"wrapper": None, "tensors": {
+    k: [str(v.dtype).replace("torch.", ""), list(v.shape), ref(v)] for k, v in be.items()}}
+# A whole pickled module (not a state dict): refused, with a hint.
+torch.save(torch.nn.Linear(2, 2), os.path.join(d, "module_zip.pth"))
+
 # Hostile payloads: each would create `marker` when loaded by Python's pickle.
 marker = os.path.join(d, "PWNED")
 class System:
@@ -270,6 +289,24 @@ fn malicious_pickles_are_refused_by_name_and_never_run() {
     .unwrap();
     assert!(fx.path.join("PWNED").exists(), "the control payload did not run");
     std::fs::remove_file(fx.path.join("PWNED")).unwrap();
+}
+
+#[test]
+fn big_endian_zip_checkpoints_are_byte_swapped() {
+    let Some(fx) = fixtures() else { return };
+    check_file(fx, "bigendian_zip.pth");
+}
+
+#[test]
+fn a_pickled_module_is_refused_with_a_hint() {
+    let Some(fx) = fixtures() else { return };
+    let e = pth::read(&fx.path.join("module_zip.pth")).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, PthError::Refused(_)), "{msg}");
+    assert!(
+        msg.contains("torch.nn.modules.linear.Linear") && msg.contains("state_dict()"),
+        "{msg}"
+    );
 }
 
 #[test]
