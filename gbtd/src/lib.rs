@@ -22,12 +22,13 @@ pub mod options;
 pub mod parallel;
 #[doc(hidden)]
 pub mod peers;
-pub mod pickle;
-pub mod pth;
 pub mod random;
 pub mod real;
 pub mod tensor;
 pub mod tucker;
+// PyTorch checkpoints: the restricted pickle reader and the two torch.save container formats.
+pub mod pickle;
+pub mod pth;
 
 pub use error::{GbtdError, Result};
 pub use real::Real;

@@ -18,6 +18,10 @@
 //!   also bounds the recursion of `Drop`) and the total number of nodes built, copies from the
 //!   memo included, is capped at [`Limits::max_nodes`] (no "billion laughs").
 //!
+//! The memo holds copies, not shared references: a container stored with `BINPUT` and filled
+//! afterwards is fetched back as it was when stored. `torch.save` only fetches immutable values
+//! (strings, globals, storage ids, shape tuples) from the memo, so state dicts are unaffected.
+//!
 //! Integers are `i64`; the 10-byte magic number of the legacy torch format is kept as
 //! [`Value::BigInt`] (little-endian two's complement bytes, at most 16 of them).
 

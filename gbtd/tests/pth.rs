@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use gbtd::pickle::{self, Limits, PickleError};
 use gbtd::pth::{self, PthData, PthError, PthFormat};
 use ndarray::ArrayD;
-use serde::Deserialize;
 
 /// Writes every fixture into `argv[1]` and a manifest `manifest.json`:
 /// `{file: {"wrapper": ..., "tensors": {name: [dtype, shape, ref.npy or null]}}}`.
@@ -112,7 +111,7 @@ json.dump(manifest, open(os.path.join(d, "manifest.json"), "w"))
 print(marker)
 "#;
 
-#[derive(Deserialize)]
+/// One file's entry in the manifest.
 struct FileSpec {
     wrapper: Option<String>,
     tensors: BTreeMap<String, (String, Vec<usize>, Option<String>)>,
@@ -139,8 +138,21 @@ fn fixtures() -> Option<&'static Fixtures> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         gbtd::peers::run_python(FIXTURES, &[path.to_str().unwrap()]).expect("fixture script");
-        let manifest = serde_json::from_str(&std::fs::read_to_string(path.join("manifest.json")).unwrap())
-            .expect("manifest");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path.join("manifest.json")).unwrap())
+                .expect("manifest");
+        let manifest = json
+            .as_object()
+            .expect("manifest object")
+            .iter()
+            .map(|(file, spec)| {
+                let spec = FileSpec {
+                    wrapper: spec["wrapper"].as_str().map(String::from),
+                    tensors: serde_json::from_value(spec["tensors"].clone()).expect("tensor table"),
+                };
+                (file.clone(), spec)
+            })
+            .collect();
         Some(Fixtures {
             _dir: dir,
             path,
