@@ -205,8 +205,9 @@ pub fn read(path: &Path) -> PthResult<Checkpoint> {
     read_from(open(path)?)
 }
 
-/// Lists the model tensors of the checkpoint at `path` without decoding their data (a zip
-/// checkpoint's storages are not read at all; their sizes are still checked).
+/// Lists the model tensors of the checkpoint at `path` without reading their data: only the
+/// pickled object is read (and, for the legacy format, each storage's 8-byte size header);
+/// every view is still checked against its storage's size.
 pub fn list(path: &Path) -> PthResult<Listing> {
     list_from(open(path)?)
 }
@@ -301,8 +302,7 @@ enum Source<R> {
         file_len: u64,
     },
     Legacy {
-        /// The whole file.
-        bytes: Vec<u8>,
+        reader: R,
         /// The pickled object (taken out by [`Container::plan`]).
         object: Value,
     },
@@ -312,7 +312,7 @@ struct Container<R> {
     source: Source<R>,
     big_endian: bool,
     /// Legacy: each storage's (byte offset of its data, element count).
-    legacy_storages: HashMap<String, (usize, u64)>,
+    legacy_storages: HashMap<String, (u64, u64)>,
 }
 
 impl<R: Read + Seek> Container<R> {
@@ -359,9 +359,7 @@ impl<R: Read + Seek> Container<R> {
                 legacy_storages: HashMap::new(),
             })
         } else if n >= 1 && head[0] == 0x80 {
-            let mut bytes = Vec::new();
-            r.read_to_end(&mut bytes).map_err(io)?;
-            Self::open_legacy(bytes)
+            Self::open_legacy(r, file_len)
         } else {
             Err(PthError::NotCheckpoint(
                 "neither a zip archive nor a legacy pickle stream (expected a file written by torch.save)"
@@ -370,36 +368,52 @@ impl<R: Read + Seek> Container<R> {
         }
     }
 
-    fn open_legacy(bytes: Vec<u8>) -> PthResult<Self> {
-        let limits = Limits::for_len(bytes.len());
-        let mut pos = 0;
-        let next = |what: &str, pos: &mut usize| -> PthResult<Value> {
-            let (v, used) = pickle::unpickle(&bytes[*pos..], limits).map_err(|e| match e {
-                PickleError::RefusedGlobal { .. } => PthError::Refused(e),
-                other => PthError::NotCheckpoint(format!("legacy {what}: {other}")),
-            })?;
-            *pos += used;
-            Ok(v)
+    /// Reads the five legacy pickles from a prefix of the file that doubles until they parse
+    /// (they precede every storage), then walks the storage headers by seeking past the data.
+    fn open_legacy(mut r: R, file_len: u64) -> PthResult<Self> {
+        let io = |source| PthError::Io {
+            context: "the checkpoint".into(),
+            source,
         };
-        let magic = next("magic number", &mut pos)?;
+        let limits = Limits::for_len(usize::try_from(file_len).unwrap_or(usize::MAX));
+        let mut prefix: Vec<u8> = Vec::new();
+        let mut want: u64 = 1 << 16;
+        let (values, mut pos) = loop {
+            let target = want.min(file_len);
+            let have = prefix.len() as u64;
+            if target > have {
+                (&mut r)
+                    .take(target - have)
+                    .read_to_end(&mut prefix)
+                    .map_err(io)?;
+            }
+            match parse_legacy_pickles(&prefix, limits) {
+                Ok(v) => break v,
+                Err(Some(e)) => return Err(e),
+                Err(None) if (prefix.len() as u64) < file_len => want = want.saturating_mul(2),
+                Err(None) => {
+                    return Err(PthError::NotCheckpoint(
+                        "legacy stream: the file ends inside its pickles".into(),
+                    ));
+                }
+            }
+        };
+        drop(prefix);
+        let [magic, proto, sys, object, keys_value] = values;
         if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
             return Err(PthError::NotCheckpoint(
                 "the first pickle is not torch's magic number".into(),
             ));
         }
-        let proto = next("protocol version", &mut pos)?;
         if proto != Value::Int(1001) {
             return Err(PthError::NotCheckpoint(format!(
                 "unsupported legacy protocol version {proto:?} (expected 1001)"
             )));
         }
-        let sys = next("sys info", &mut pos)?;
         let big_endian = match &sys {
             Value::Dict(m) => matches!(m.get("little_endian"), Some(Value::Bool(false))),
             _ => false,
         };
-        let object = next("object", &mut pos)?;
-        let keys_value = next("storage keys", &mut pos)?;
         let keys: Vec<String> = keys_value
             .as_seq()
             .ok_or_else(|| PthError::NotCheckpoint("the storage key list is not a list".into()))?
@@ -414,18 +428,22 @@ impl<R: Read + Seek> Container<R> {
                 key: key.clone(),
                 what: "listed but no tensor uses it (its element size is unknown)".into(),
             })?;
-            let head = bytes.get(pos..pos + 8).ok_or_else(|| PthError::BadStorage {
-                key: key.clone(),
-                what: "file ends before its element count".into(),
-            })?;
-            let raw: [u8; 8] = head.try_into().expect("8 bytes");
+            let mut raw = [0u8; 8];
+            r.seek(SeekFrom::Start(pos)).map_err(io)?;
+            if pos.saturating_add(8) > file_len {
+                return Err(PthError::BadStorage {
+                    key,
+                    what: "file ends before its element count".into(),
+                });
+            }
+            r.read_exact(&mut raw).map_err(io)?;
             let numel = if big_endian {
                 u64::from_be_bytes(raw)
             } else {
                 u64::from_le_bytes(raw)
             };
             pos += 8;
-            let left = (bytes.len() - pos) as u64;
+            let left = file_len - pos;
             let nbytes = numel
                 .checked_mul(dtype.size() as u64)
                 .filter(|&n| n <= left)
@@ -437,10 +455,10 @@ impl<R: Read + Seek> Container<R> {
                     ),
                 })?;
             storages.insert(key, (pos, numel));
-            pos += nbytes as usize;
+            pos += nbytes;
         }
         Ok(Container {
-            source: Source::Legacy { bytes, object },
+            source: Source::Legacy { reader: r, object },
             big_endian,
             legacy_storages: storages,
         })
@@ -584,26 +602,63 @@ impl<R: Read + Seek> Container<R> {
 
     /// The tensor's elements as contiguous row-major bytes (still in the file's byte order).
     fn view_bytes(&mut self, e: &Entry) -> PthResult<Vec<u8>> {
-        let storage: std::borrow::Cow<[u8]> = match &mut self.source {
+        let storage: Vec<u8> = match &mut self.source {
             Source::Zip {
                 archive,
                 prefix,
                 file_len,
             } => {
                 let name = format!("{prefix}data/{}", e.key);
-                std::borrow::Cow::Owned(read_storage(archive, &name, e.needed, *file_len, &e.key)?)
+                read_storage(archive, &name, e.needed, *file_len, &e.key)?
             }
-            Source::Legacy { bytes, .. } => {
+            Source::Legacy { reader, .. } => {
                 let (start, _) = self.legacy_storages[&e.key];
-                std::borrow::Cow::Borrowed(&bytes[start..start + e.needed as usize])
+                let bad = |source: std::io::Error| PthError::BadStorage {
+                    key: e.key.clone(),
+                    what: format!("cannot be read ({source})"),
+                };
+                reader.seek(SeekFrom::Start(start)).map_err(bad)?;
+                // `needed` was checked against the bytes the file holds after `start`.
+                let mut buf = vec![0u8; e.needed as usize];
+                reader.read_exact(&mut buf).map_err(bad)?;
+                buf
             }
         };
-        Ok(gather(&storage, e))
+        Ok(gather(storage, e))
     }
 }
 
+/// The five pickles of a legacy stream and the offset after them; `Err(None)` when `b` ends
+/// before they do (read more), `Err(Some(_))` for any other problem.
+fn parse_legacy_pickles(b: &[u8], limits: Limits) -> Result<([Value; 5], u64), Option<PthError>> {
+    const WHAT: [&str; 5] = [
+        "magic number",
+        "protocol version",
+        "sys info",
+        "object",
+        "storage keys",
+    ];
+    let mut pos = 0;
+    let mut out: Vec<Value> = Vec::with_capacity(5);
+    for what in WHAT {
+        match pickle::unpickle(&b[pos..], limits) {
+            Ok((v, used)) => {
+                out.push(v);
+                pos += used;
+            }
+            Err(PickleError::Truncated { .. } | PickleError::NoStop) => return Err(None),
+            Err(e @ PickleError::RefusedGlobal { .. }) => return Err(Some(PthError::Refused(e))),
+            Err(e) => {
+                return Err(Some(PthError::NotCheckpoint(format!("legacy {what}: {e}"))));
+            }
+        }
+    }
+    let arr: [Value; 5] = out.try_into().expect("five pickles");
+    Ok((arr, pos as u64))
+}
+
 /// Copies a strided view out of `storage` into row-major order.
-fn gather(storage: &[u8], e: &Entry) -> Vec<u8> {
+fn gather(mut storage: Vec<u8>, e: &Entry) -> Vec<u8> {
     let es = e.dtype.size();
     let count: usize = e.shape.iter().product();
     if count == 0 {
@@ -620,6 +675,10 @@ fn gather(storage: &[u8], e: &Entry) -> Vec<u8> {
         expect *= d;
     }
     if contiguous {
+        if e.offset == 0 {
+            storage.truncate(count * es);
+            return storage;
+        }
         return storage[e.offset * es..(e.offset + count) * es].to_vec();
     }
     let mut out = Vec::with_capacity(count * es);
