@@ -75,6 +75,10 @@ pub enum PthError {
     Zip(String),
     #[error("storage `{}`: {}", one_line(.key), one_line(.what))]
     BadStorage { key: String, what: String },
+    #[error("no tensor named `{}` in the checkpoint; it holds: {}", one_line(.name), one_line(.available))]
+    NoSuchTensor { name: String, available: String },
+    #[error("the checkpoint holds {count} tensors, name the one to use; it holds: {}", one_line(.available))]
+    NameRequired { count: usize, available: String },
     #[error("tensor `{}`: {}", one_line(.name), one_line(.what))]
     BadTensor { name: String, what: String },
 }
@@ -242,6 +246,58 @@ pub fn read_from<R: Read + Seek>(r: R) -> PthResult<Checkpoint> {
         stripped_prefix: plan.stripped_prefix,
         ignored: plan.ignored,
     })
+}
+
+/// Reads the one model tensor named `name` (as [`list`] names it) from the checkpoint at
+/// `path`, decoding no other storage. Without a name the checkpoint must hold exactly one tensor.
+pub fn read_tensor(path: &Path, name: Option<&str>) -> PthResult<PthTensor> {
+    read_tensor_from(open(path)?, name)
+}
+
+/// [`read_tensor`] from any seekable reader.
+pub fn read_tensor_from<R: Read + Seek>(r: R, name: Option<&str>) -> PthResult<PthTensor> {
+    let mut c = Container::open(r)?;
+    let plan = c.plan()?;
+    let names = || abbreviate(plan.entries.iter().map(|e| e.name.as_str()));
+    let e = match name {
+        Some(n) => plan
+            .entries
+            .iter()
+            .find(|e| e.name == n)
+            .ok_or_else(|| PthError::NoSuchTensor {
+                name: n.to_string(),
+                available: names(),
+            })?,
+        None if plan.entries.len() == 1 => &plan.entries[0],
+        None => {
+            return Err(PthError::NameRequired {
+                count: plan.entries.len(),
+                available: names(),
+            });
+        }
+    };
+    let bytes = c.view_bytes(e)?;
+    Ok(PthTensor {
+        name: e.name.clone(),
+        dtype: e.dtype,
+        shape: e.shape.clone(),
+        data: decode(e.dtype, &bytes, c.big_endian),
+    })
+}
+
+/// The first few names, then how many more.
+fn abbreviate<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    const SHOW: usize = 8;
+    let n = names.len();
+    let mut s: Vec<String> = names.take(SHOW).map(String::from).collect();
+    if n > SHOW {
+        s.push(format!("... ({} more)", n - SHOW));
+    }
+    if s.is_empty() {
+        "(no tensors)".into()
+    } else {
+        s.join(", ")
+    }
 }
 
 /// [`list`] from any seekable reader.

@@ -406,6 +406,7 @@ fn fuzz_pytorch_checkpoints_and_pickles() {
             let len = m.len();
             rep.case(&format!("legacy #{i} ({how})"), len, || {
                 let listed = pth::list_from(Cursor::new(&m)).is_ok();
+                let _ = pth::read_tensor_from(Cursor::new(&m), Some("t"));
                 let r = check_ckpt(pth::read_from(Cursor::new(&m)))?;
                 if r && !listed {
                     return Err("read succeeded where list failed".into());
@@ -444,6 +445,7 @@ fn fuzz_pytorch_checkpoints_and_pickles() {
             let len = m.len();
             rep.case(&format!("zip #{i} ({how})"), len, || {
                 let _ = pth::list_from(Cursor::new(&m));
+                let _ = pth::read_tensor_from(Cursor::new(&m), Some("t"));
                 check_ckpt(pth::read_from(Cursor::new(&m)))
             });
             i += 1;

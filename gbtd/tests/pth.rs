@@ -243,6 +243,28 @@ fn wrappers_keep_the_model_and_list_the_rest() {
 }
 
 #[test]
+fn one_tensor_by_name_matches_the_full_read() {
+    let Some(fx) = fixtures() else { return };
+    for f in ["bare_zip.pth", "bare_legacy.pth"] {
+        let path = fx.path.join(f);
+        let all = pth::read(&path).unwrap();
+        for want in &all.tensors {
+            assert_eq!(&pth::read_tensor(&path, Some(&want.name)).unwrap(), want, "{f}");
+        }
+        let e = pth::read_tensor(&path, Some("nope")).unwrap_err();
+        assert!(
+            matches!(e, PthError::NoSuchTensor { .. }) && e.to_string().contains("conv.weight"),
+            "{e}"
+        );
+        let e = pth::read_tensor(&path, None).unwrap_err();
+        assert!(
+            matches!(e, PthError::NameRequired { count, .. } if count == all.tensors.len()),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn resnet18_state_dict_names_and_shapes_match_torchvision() {
     let Some(fx) = fixtures() else { return };
     for f in ["resnet18_zip.pth", "resnet18_legacy.pth"] {
