@@ -1,6 +1,6 @@
 //! Times the three ways of computing one pass of HOOI / CP-ALS over a 100³ tensor, `Aᵀ · X_(0)`
-//! with `X_(0)` `100 × 10⁴` and `A` `100 × 10` (the numbers quoted in the docs of `gbtd::tucker`'s `split`):
-//! one OpenBLAS call on all its threads, 512-column calls on one thread, and those calls shared
+//! with `X_(0)` `100 × 10⁴` and `A` `100 × 10` (the comparison behind `split` in gbtd's layout
+//! module): one OpenBLAS call on all its threads, 512-column calls on one thread, and those calls shared
 //! out over a rayon pool (`gbtd::parallel` also lets the calling thread take chunks). Best of 300.
 //!
 //! `OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example pass_timing`

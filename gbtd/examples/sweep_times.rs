@@ -4,9 +4,12 @@
 //!
 //! `cargo run --release -p gbtd --example sweep_times -- X.npy tucker|tucker2|cp RANK SWEEPS [REPS]`
 //! (`tucker` uses rank `RANK` on every mode, `tucker2` on modes 0 and 1.)
+use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use gbtd::cp::{CpOptions, parafac};
+use gbtd::tucker::{TuckerOptions, tucker};
 
 fn main() -> Result<()> {
     // As the `gbtd` CLI does (all BLAS calls come from the decompositions below).
@@ -22,32 +25,39 @@ fn main() -> Result<()> {
     let reps: usize = args.get(5).map_or(Ok(3), |r| r.parse()).context("REPS")?;
     for _ in 0..reps {
         let start = Instant::now();
-        let mut last = start;
-        let mut times = Vec::new();
-        let mut tick = |_: usize, _: f64| {
+        let last = Cell::new(start);
+        let times = RefCell::new(Vec::new());
+        let tick = |_: usize, _: f64| {
             let now = Instant::now();
-            times.push((now - last).as_secs_f64() * 1e3);
-            last = now;
+            times.borrow_mut().push((now - last.get()).as_secs_f64() * 1e3);
+            last.set(now);
         };
         match args[2].as_str() {
             "tucker" => {
-                let mut o = gbtd::tucker::TuckerOptions::new(vec![rank; x.ndim()]);
-                (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
-                gbtd::tucker::tucker_with_progress(&x.view(), &o, &mut tick)?;
+                let o = TuckerOptions::new(vec![rank; x.ndim()])
+                    .with_n_iter_max(sweeps)
+                    .with_tol(0.0)
+                    .with_progress(&tick);
+                tucker(&x.view(), &o)?;
             }
             "tucker2" => {
-                let mut o = gbtd::tucker::TuckerOptions::new(vec![rank; 2]);
-                o.modes = Some(vec![0, 1]);
-                (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
-                gbtd::tucker::tucker_with_progress(&x.view(), &o, &mut tick)?;
+                let o = TuckerOptions::new(vec![rank; 2])
+                    .with_modes(vec![0, 1])
+                    .with_n_iter_max(sweeps)
+                    .with_tol(0.0)
+                    .with_progress(&tick);
+                tucker(&x.view(), &o)?;
             }
             "cp" => {
-                let mut o = gbtd::cp::CpOptions::new(rank);
-                (o.iter.n_iter_max, o.iter.tol) = (sweeps, 0.0);
-                gbtd::cp::parafac_with_progress(&x.view(), &o, &mut tick)?;
+                let o = CpOptions::new(rank)
+                    .with_n_iter_max(sweeps)
+                    .with_tol(0.0)
+                    .with_progress(&tick);
+                parafac(&x.view(), &o)?;
             }
             m => bail!("unknown method {m}; use tucker, tucker2 or cp"),
         }
+        let times = times.into_inner();
         let total = start.elapsed().as_secs_f64() * 1e3;
         let each: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
         println!(

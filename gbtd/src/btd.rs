@@ -39,8 +39,8 @@
 //!
 //! The relative error `‖X − X̂‖/‖X‖` is computed from the explicit reconstruction after each sweep.
 //! Every step is an exact least-squares solve of its block, so the error never increases (up to
-//! rounding). [`btd`] also tries an extrapolated step after each sweep and keeps it only when it
-//! lowers the error ([`Acceleration::LineSearch`]); [`btd_accelerated`] with
+//! rounding). By default [`btd`] also tries an extrapolated step after each sweep and keeps it only
+//! when it lowers the error ([`Acceleration::LineSearch`]); [`BtdOptions::acceleration`] =
 //! [`Acceleration::None`] runs plain ALS. ALS for BTD can stall on plateaus or stop in a local
 //! minimum; try another `seed` with [`Init::Random`] when the error stays high. This is most common
 //! outside the essentially unique regime: on a kept mode each term has rank up to `Π L_m`, so a
@@ -69,10 +69,13 @@ use ndarray_linalg::{Diag, FactorizeC, QR, SolveC, SolveTriangular, UPLO};
 
 use crate::error::{GbtdError, Result};
 use crate::linalg::{leading_left_singular_vectors, solve_sym_right};
-use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
+pub use crate::options::Acceleration;
+use crate::options::{
+    Convergence, Init, IterOptions, Progress, iterative_setters, validate_given, validate_ranks,
+};
 use crate::random::{randn2, rng};
 use crate::real::Real;
-use crate::tensor::{kron, mode_dot, multi_mode_dot, unfold, validate_tensor};
+use crate::tensor::{kron, mode_dot, multi_mode_dot, resolve_modes, unfold, validate_modes, validate_tensor};
 
 /// Largest number of core unknowns per kept-mode position, `R·Π L_m`, for which the core update
 /// solves the normal equations jointly (a dense Cholesky of that order); larger systems use block
@@ -83,8 +86,8 @@ pub const DIRECT_CORE_SOLVE_MAX: usize = 2048;
 pub const CORE_GAUSS_SEIDEL_SWEEPS: usize = 3;
 
 /// Options of [`btd`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct BtdOptions<T> {
+#[derive(Debug, Clone)]
+pub struct BtdOptions<'a, T> {
     /// Number of block terms `R` (≥ 1).
     pub terms: usize,
     /// Multilinear rank of every term: `rank[i]` is the rank `L` of mode `modes[i]`.
@@ -96,11 +99,15 @@ pub struct BtdOptions<T> {
     pub iter: IterOptions,
     /// Initialisation (see the module documentation for the layout of given factors).
     pub init: Init<T>,
+    /// Extrapolation between sweeps ([`Acceleration::LineSearch`] by default).
+    pub acceleration: Acceleration,
+    /// Called after each sweep with the sweep number and the relative error.
+    pub progress: Progress<'a>,
 }
 
-impl<T> BtdOptions<T> {
+impl<T> BtdOptions<'_, T> {
     /// `terms` terms of multilinear rank `rank` on all modes, SVD initialisation, default iteration
-    /// settings.
+    /// settings, line-search acceleration and no progress callback.
     pub fn new(terms: usize, rank: Vec<usize>) -> Self {
         BtdOptions {
             terms,
@@ -108,6 +115,8 @@ impl<T> BtdOptions<T> {
             modes: None,
             iter: IterOptions::default(),
             init: Init::Svd,
+            acceleration: Acceleration::default(),
+            progress: Progress::none(),
         }
     }
 
@@ -117,18 +126,14 @@ impl<T> BtdOptions<T> {
         self
     }
 
-    /// The same options with other iteration settings.
-    pub fn with_iter(mut self, iter: IterOptions) -> Self {
-        self.iter = iter;
-        self
-    }
-
-    /// The same options with another initialisation.
-    pub fn with_init(mut self, init: Init<T>) -> Self {
-        self.init = init;
+    /// The same options with another [`Acceleration`].
+    pub fn with_acceleration(mut self, acceleration: Acceleration) -> Self {
+        self.acceleration = acceleration;
         self
     }
 }
+
+iterative_setters!(BtdOptions);
 
 /// One block term `G_r ×_{m∈modes} A_m^r` of a [`Btd`].
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +178,7 @@ impl<T: Real> Btd<T> {
         if self.terms.is_empty() {
             return Err(GbtdError::Rank("a BTD needs at least one term".into()));
         }
-        check_modes(&self.modes, self.shape.len())?;
+        validate_modes(&self.modes, self.shape.len())?;
         for (r, t) in self.terms.iter().enumerate() {
             if t.factors.len() != self.modes.len() {
                 return Err(GbtdError::Shape(format!(
@@ -248,66 +253,14 @@ impl<T: Real> Btd<T> {
     }
 }
 
-fn check_modes(modes: &[usize], ndim: usize) -> Result<()> {
-    if modes.is_empty() {
-        return Err(GbtdError::Options("no mode to factorize".into()));
-    }
-    let mut seen = vec![false; ndim];
-    for &m in modes {
-        if m >= ndim {
-            return Err(GbtdError::Shape(format!(
-                "mode {m} out of range for a tensor of order {ndim}"
-            )));
-        }
-        if std::mem::replace(&mut seen[m], true) {
-            return Err(GbtdError::Options(format!("mode {m} listed twice")));
-        }
-    }
-    Ok(())
-}
-
-/// Block term decomposition of `x` by ALS (see the module documentation).
+/// Block term decomposition of `x` by ALS (see the module documentation), accelerated by
+/// `opts.acceleration` and calling `opts.progress` after each sweep.
 ///
 /// Errors: [`GbtdError::Empty`]/[`GbtdError::NonFinite`] for an empty or non-finite `x`,
-/// [`GbtdError::Rank`] for `terms = 0` or a rank of 0 or above its dimension, [`GbtdError::Shape`] /
-/// [`GbtdError::Options`] for bad modes, given factors or tolerance.
-pub fn btd<T: Real>(x: &ArrayViewD<'_, T>, opts: &BtdOptions<T>) -> Result<Btd<T>> {
-    btd_with_progress(x, opts, |_, _| {})
-}
-
-/// [`btd`], calling `progress(sweep, rel_error)` after each sweep (for progress bars).
-pub fn btd_with_progress<T: Real, F: FnMut(usize, f64)>(
-    x: &ArrayViewD<'_, T>,
-    opts: &BtdOptions<T>,
-    progress: F,
-) -> Result<Btd<T>> {
-    btd_accelerated(x, opts, Acceleration::default(), progress)
-}
-
-/// How the ALS sweeps are accelerated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Acceleration {
-    /// Plain ALS: a sweep is the block updates of the module documentation and nothing else.
-    None,
-    /// After sweep `k ≥ 2`, extrapolate every parameter along the last step (Bro's line search,
-    /// R. Bro, "Multi-way analysis in the food industry", 1998): `Â_m ← Â_m + ρ (Â_m − Â_m^{prev})`
-    /// and `G_r ← G_r + ρ (G_r − G_r^{prev})` with `ρ = k^{1/3}` (the orthonormal blocks have a
-    /// continuous gauge: QR with a positive triangular diagonal), re-orthonormalise the blocks, and
-    /// keep the result only if its error is lower. The error therefore still never increases; the
-    /// extrapolation shortens the long plateaus ("swamps") that plain ALS shows on BTD and CP.
-    /// Costs one more error evaluation per sweep.
-    #[default]
-    LineSearch,
-}
-
-/// [`btd_with_progress`] with a chosen [`Acceleration`] ([`btd`] uses
-/// [`Acceleration::LineSearch`]).
-pub fn btd_accelerated<T: Real, F: FnMut(usize, f64)>(
-    x: &ArrayViewD<'_, T>,
-    opts: &BtdOptions<T>,
-    acceleration: Acceleration,
-    mut progress: F,
-) -> Result<Btd<T>> {
+/// [`GbtdError::Rank`] for `terms = 0` or a rank of 0 or above its dimension, [`GbtdError::Mode`]
+/// for bad modes, [`GbtdError::Shape`] / [`GbtdError::NonFinite`] for given factors of the wrong
+/// shape or non-finite, [`GbtdError::Options`] for a bad tolerance.
+pub fn btd<T: Real>(x: &ArrayViewD<'_, T>, opts: &BtdOptions<'_, T>) -> Result<Btd<T>> {
     validate_tensor(x, "input tensor")?;
     opts.iter.validate()?;
     if opts.terms == 0 {
@@ -316,11 +269,7 @@ pub fn btd_accelerated<T: Real, F: FnMut(usize, f64)>(
         ));
     }
     let shape = x.shape().to_vec();
-    let modes: Vec<usize> = match &opts.modes {
-        Some(m) => m.clone(),
-        None => (0..shape.len()).collect(),
-    };
-    check_modes(&modes, shape.len())?;
+    let modes = resolve_modes(opts.modes.as_deref(), shape.len())?;
     let dims: Vec<usize> = modes.iter().map(|&m| shape[m]).collect();
     validate_ranks(&opts.rank, &dims, "BTD")?;
 
@@ -344,7 +293,7 @@ pub fn btd_accelerated<T: Real, F: FnMut(usize, f64)>(
         als.update_cores()?;
         let (mut err, w) = als.error()?;
         w0 = Some(w);
-        if acceleration == Acceleration::LineSearch {
+        if opts.acceleration == Acceleration::LineSearch {
             if let Some(prev) = prev.take() {
                 let rho = (sweep as f64).powf(1.0 / 3.0);
                 if let Some((e, w)) = als.try_extrapolation(&prev, rho, err)? {
@@ -355,7 +304,7 @@ pub fn btd_accelerated<T: Real, F: FnMut(usize, f64)>(
             prev = Some((als.fac.clone(), als.cores.clone()));
         }
         conv.iterations = sweep;
-        progress(sweep, err);
+        opts.progress.report(sweep, err);
         if conv.push(err, opts.iter.tol) {
             break;
         }

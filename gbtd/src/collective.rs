@@ -18,16 +18,16 @@
 //! `Σ_l R·(kh·kw·d3*·d4* + d3·d3* + d4_l·d4*)` for `L` independent BTDs of the same rank.
 use ndarray::{ArrayD, ArrayView2, ArrayViewD, Axis, s};
 
-use crate::btd::{BlockTerm, Btd, BtdOptions, btd_with_progress};
+use crate::btd::{BlockTerm, Btd, BtdOptions, btd};
 use crate::error::{GbtdError, Result};
-use crate::options::{Init, IterOptions};
+use crate::options::{Acceleration, Init, IterOptions, Progress, iterative_setters};
 use crate::real::Real;
 use crate::tensor::{relative_error, validate_tensor};
 
 /// Options of [`collective_btd`], mirroring [`BtdOptions`] with the modes fixed to the channel
 /// modes `(0, 1)` of the concatenated kernel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CollectiveOptions<T> {
+#[derive(Debug, Clone)]
+pub struct CollectiveOptions<'a, T> {
     /// Number of block terms `R` (the groups of the shared k×k conv).
     pub terms: usize,
     /// `[d4*, d3*]`: the ranks of the output and input channel modes, in PyTorch mode order.
@@ -37,31 +37,34 @@ pub struct CollectiveOptions<T> {
     /// Initialisation. [`Init::Given`] takes two matrices: `Â_4 = [A4_0 … A4_{R-1}]` of shape
     /// `(Σ_l d4_l, R·d4*)` and `Â_3 = [A3_0 … A3_{R-1}]` of shape `(d3, R·d3*)`.
     pub init: Init<T>,
+    /// Extrapolation between sweeps ([`Acceleration::LineSearch`] by default).
+    pub acceleration: Acceleration,
+    /// Called after each sweep with the sweep number and the relative error of `X⁺`.
+    pub progress: Progress<'a>,
 }
 
-impl<T> CollectiveOptions<T> {
-    /// `terms` terms of rank `[d4*, d3*]`, SVD initialisation, default iteration settings.
+impl<T> CollectiveOptions<'_, T> {
+    /// `terms` terms of rank `[d4*, d3*]`, SVD initialisation, default iteration settings,
+    /// line-search acceleration and no progress callback.
     pub fn new(terms: usize, rank: Vec<usize>) -> Self {
         CollectiveOptions {
             terms,
             rank,
             iter: IterOptions::default(),
             init: Init::Svd,
+            acceleration: Acceleration::default(),
+            progress: Progress::none(),
         }
     }
 
-    /// The same options with other iteration settings.
-    pub fn with_iter(mut self, iter: IterOptions) -> Self {
-        self.iter = iter;
-        self
-    }
-
-    /// The same options with another initialisation.
-    pub fn with_init(mut self, init: Init<T>) -> Self {
-        self.init = init;
+    /// The same options with another [`Acceleration`].
+    pub fn with_acceleration(mut self, acceleration: Acceleration) -> Self {
+        self.acceleration = acceleration;
         self
     }
 }
+
+iterative_setters!(CollectiveOptions);
 
 /// The result of [`collective_btd`] (see the module documentation).
 #[derive(Debug, Clone, PartialEq)]
@@ -213,23 +216,14 @@ impl<T: Real> Collective<T> {
 
 /// Collective factorization of `kernels` (PyTorch layout `(d4_l, d3, kh, kw)`, equal `d3`, `kh`,
 /// `kw`), Eq. 12: a partial BTD of their concatenation along the output mode (see the module
-/// documentation).
+/// documentation), calling `opts.progress(sweep, rel_error of X⁺)` after each sweep.
 ///
 /// Errors: [`GbtdError::Empty`] for no kernels or an empty kernel, [`GbtdError::Shape`] for a
 /// kernel that is not 4-way or disagrees with the first on `(d3, kh, kw)`,
 /// [`GbtdError::NonFinite`], and every error of [`crate::btd::btd`] (ranks, terms, options).
 pub fn collective_btd<T: Real>(
     kernels: &[ArrayViewD<'_, T>],
-    opts: &CollectiveOptions<T>,
-) -> Result<Collective<T>> {
-    collective_btd_with_progress(kernels, opts, |_, _| {})
-}
-
-/// [`collective_btd`], calling `progress(sweep, rel_error of X⁺)` after each sweep.
-pub fn collective_btd_with_progress<T: Real, F: FnMut(usize, f64)>(
-    kernels: &[ArrayViewD<'_, T>],
-    opts: &CollectiveOptions<T>,
-    progress: F,
+    opts: &CollectiveOptions<'_, T>,
 ) -> Result<Collective<T>> {
     let Some(first) = kernels.first() else {
         return Err(GbtdError::Empty("collective factorization of no kernels".into()));
@@ -258,8 +252,10 @@ pub fn collective_btd_with_progress<T: Real, F: FnMut(usize, f64)>(
         modes: Some(vec![0, 1]),
         iter: opts.iter,
         init: opts.init.clone(),
+        acceleration: opts.acceleration,
+        progress: opts.progress,
     };
-    let b = btd_with_progress(&x.view(), &bopts, progress)?;
+    let b = btd(&x.view(), &bopts)?;
     let mut c = Collective {
         btd: b,
         out_channels,

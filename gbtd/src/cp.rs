@@ -31,7 +31,7 @@
 //!
 //! Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with OpenBLAS on
 //! one thread ([`crate::linalg::SingleThreadedBlas`]); the order-3 strategy's products with `X` are
-//! shared out over [`crate::parallel`] (see [`crate::tucker`]).
+//! shared out over [`crate::parallel`] (the layout-and-BLAS engine shared with [`crate::tucker`]).
 //!
 //! The error `‖X − X̂‖² = ‖X‖² − 2⟨X, X̂⟩ + ‖X̂‖²` is computed without `X̂`, as TensorLy does:
 //! `⟨X, X̂⟩ = Σ_{i,r} M_{N-1}[i,r] · Ã_{N-1}[i,r]` from the last MTTKRP and
@@ -51,34 +51,41 @@ use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn};
 use rand::Rng as _;
 
 use crate::error::{GbtdError, Result};
+use crate::layout::{InputLayouts, Laid, sq_norm};
 use crate::linalg::{SingleThreadedBlas, solve_sym_right};
-use crate::options::{Convergence, Init, IterOptions, validate_given};
+use crate::options::{Convergence, Init, IterOptions, Progress, iterative_setters, validate_given};
 use crate::random::{randn2, rng};
 use crate::real::Real;
 use crate::tensor::validate_tensor;
-use crate::tucker::{InputLayouts, Laid, leading_unfolding_vectors, sq_norm};
+use crate::tucker::leading_unfolding_vectors;
 
 /// Options of [`parafac`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct CpOptions<T> {
+#[derive(Debug, Clone)]
+pub struct CpOptions<'a, T> {
     /// Number of rank-one components `R ≥ 1` (it may exceed the dimensions).
     pub rank: usize,
     /// Sweeps, tolerance and seed.
     pub iter: IterOptions,
     /// Initial factors (see the module documentation).
     pub init: Init<T>,
+    /// Called after each sweep with the sweep number and the relative error.
+    pub progress: Progress<'a>,
 }
 
-impl<T> CpOptions<T> {
-    /// Options for a rank-`rank` CP with SVD initialisation and the default [`IterOptions`].
+impl<T> CpOptions<'_, T> {
+    /// Options for a rank-`rank` CP with SVD initialisation, the default [`IterOptions`] and no
+    /// progress callback.
     pub fn new(rank: usize) -> Self {
         CpOptions {
             rank,
             iter: IterOptions::default(),
             init: Init::Svd,
+            progress: Progress::none(),
         }
     }
 }
+
+iterative_setters!(CpOptions);
 
 /// A CP decomposition `X̂ = Σ_r w_r · a_{0,r} ∘ ⋯ ∘ a_{N-1,r}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,21 +140,13 @@ impl<T: Real> Cp<T> {
 
 /// CP decomposition of `x` (order ≥ 2) by ALS, as described in the module documentation. Runs
 /// `opts.iter.n_iter_max` sweeps, stopping early when the relative error changes by less than
-/// `opts.iter.tol` between two sweeps. Deterministic for a given `opts.iter.seed`.
+/// `opts.iter.tol` between two sweeps, and calls `opts.progress` after each sweep. Deterministic
+/// for a given `opts.iter.seed`.
 ///
 /// Errors: [`GbtdError::Empty`] / [`GbtdError::NonFinite`] for an empty or non-finite `x`,
 /// [`GbtdError::Shape`] for an order-1 tensor or given factors of the wrong shape,
 /// [`GbtdError::Rank`] for `rank = 0`, [`GbtdError::Options`] for a bad tolerance.
-pub fn parafac<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<T>) -> Result<Cp<T>> {
-    parafac_with_progress(x, opts, |_, _| {})
-}
-
-/// [`parafac`], calling `progress(sweep, rel_error)` after each sweep (for progress bars).
-pub fn parafac_with_progress<T: Real, F: FnMut(usize, f64)>(
-    x: &ArrayViewD<'_, T>,
-    opts: &CpOptions<T>,
-    mut progress: F,
-) -> Result<Cp<T>> {
+pub fn parafac<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Result<Cp<T>> {
     opts.iter.validate()?;
     validate_tensor(x, "CP input")?;
     let r = opts.rank;
@@ -197,7 +196,7 @@ pub fn parafac_with_progress<T: Real, F: FnMut(usize, f64)>(
         let inner = last.map_or(0.0, |(m, scaled)| frob_inner(&m.view(), &scaled.view()));
         convergence.iterations += 1;
         let err = rel_error(nx2, inner, model_sq_norm(&grams, &weights));
-        progress(convergence.iterations, err);
+        opts.progress.report(convergence.iterations, err);
         if convergence.push(err, opts.iter.tol) {
             break;
         }
@@ -210,7 +209,7 @@ pub fn parafac_with_progress<T: Real, F: FnMut(usize, f64)>(
 }
 
 /// The initial factors (unnormalised), see the module documentation.
-fn init_factors<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<T>) -> Result<Vec<Array2<T>>> {
+fn init_factors<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Result<Vec<Array2<T>>> {
     let shape = x.shape();
     let r = opts.rank;
     let mut g = rng(opts.iter.seed);
@@ -322,7 +321,9 @@ impl<'a, T: Real> Mttkrp<'a, T> {
                     let p = (mode + 2) % 3;
                     *c = Some((p, xl.get(Some(p)).ttm_t(p, &factors[p].view())?));
                 }
-                let (p, cp) = c.as_ref().ok_or_else(|| GbtdError::Shape("no product".into()))?;
+                let (p, cp) = c
+                    .as_ref()
+                    .ok_or_else(|| GbtdError::internal("CP-ALS: the product C was not formed"))?;
                 let other = 3 - mode - p;
                 contract_columns(cp, mode, other, *p, &factors[other].view())
             }
@@ -346,7 +347,7 @@ fn contract_columns<T: Real>(
         .into_dimensionality::<ndarray::Ix3>()?;
     let (dm, dl, r) = v.dim();
     if a.dim() != (dl, r) {
-        return Err(GbtdError::Shape(format!(
+        return Err(GbtdError::internal(format!(
             "contraction of a {dl}×{r} slice with a {:?} factor",
             a.dim()
         )));
@@ -357,16 +358,16 @@ fn contract_columns<T: Real>(
     let data = c
         .data
         .as_slice()
-        .ok_or_else(|| GbtdError::Shape("contraction of a non-contiguous tensor".into()))?;
+        .ok_or_else(|| GbtdError::internal("contraction of a non-contiguous tensor"))?;
     let o = out
         .as_slice_mut()
-        .ok_or_else(|| GbtdError::Shape("contraction output".into()))?;
+        .ok_or_else(|| GbtdError::internal("contraction output not contiguous"))?;
     if sr == 1 {
         // Rank axis contiguous: o[i, ·] += C[i, j, ·] ⊙ A[j, ·].
         let a = a.as_standard_layout();
         let a_sl = a
             .as_slice()
-            .ok_or_else(|| GbtdError::Shape("contraction factor".into()))?;
+            .ok_or_else(|| GbtdError::internal("contraction factor not contiguous"))?;
         for (i, oi) in o.chunks_exact_mut(r).enumerate() {
             for (j, aj) in a_sl.chunks_exact(r).enumerate() {
                 let base = i * si + j * sj;
@@ -380,7 +381,7 @@ fn contract_columns<T: Real>(
         let at = a.t().as_standard_layout().into_owned();
         let at_sl = at
             .as_slice()
-            .ok_or_else(|| GbtdError::Shape("contraction factor".into()))?;
+            .ok_or_else(|| GbtdError::internal("contraction factor not contiguous"))?;
         for (i, oi) in o.chunks_exact_mut(r).enumerate() {
             for (rr, (ov, ar)) in oi.iter_mut().zip(at_sl.chunks_exact(dl)).enumerate() {
                 let base = i * si + rr * sr;

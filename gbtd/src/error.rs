@@ -15,6 +15,10 @@ pub enum GbtdError {
     /// The input holds NaN or infinite values.
     #[error("non-finite input: {0}")]
     NonFinite(String),
+    /// A mode list is invalid: empty, a mode out of range for the tensor's order, or a mode listed
+    /// twice. Every function that takes modes reports these mistakes with this variant.
+    #[error("invalid modes: {0}")]
+    Mode(String),
     /// The input tensor has no elements or no modes.
     #[error("empty tensor: {0}")]
     Empty(String),
@@ -24,6 +28,17 @@ pub enum GbtdError {
     /// A LAPACK routine reported a failure.
     #[error("linear algebra failure: {0}")]
     Linalg(String),
+    /// An internal invariant does not hold: a bug in `gbtd`, not a problem with the input.
+    /// Please report it with the input's shape and the options used.
+    #[error("internal error (a bug in gbtd, please report it): {0}")]
+    Internal(String),
+}
+
+impl GbtdError {
+    /// An [`GbtdError::Internal`] error with the given description.
+    pub(crate) fn internal(what: impl Into<String>) -> Self {
+        GbtdError::Internal(what.into())
+    }
 }
 
 impl From<ndarray_linalg::error::LinalgError> for GbtdError {

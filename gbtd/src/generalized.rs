@@ -1,6 +1,14 @@
 //! The paper's Generalized Block Term Decomposition (Definition 2, Eq. 4) of a conv layer, as an
 //! operator on feature maps (Eq. 7–10).
 //!
+//! [`GeneralizedBtd`] is the one type of the crate that stores the paper's layout: its cores are
+//! `(kh, kw, d3*, d4*)`, written exactly as Eq. 8–10 index them, so that the operator can be
+//! checked against the equations term by term. It is the operator form of a
+//! [`crate::layers::LayerChain`]; its cores are permuted from and to the PyTorch layout only by
+//! [`crate::layers::paper_from_torch`] and [`crate::layers::torch_from_paper`] (in
+//! [`GeneralizedBtd::from_btd`] and [`GeneralizedBtd::kernel`]), and what users read and write
+//! stays in PyTorch layout `(out, in, kh, kw)`.
+//!
 //! # Model and shapes (paper notation, Eq. 6)
 //! A [`GeneralizedBtd`] holds `R` terms, each made of
 //! - a core `G_r` of shape `(kh, kw, d3*, d4*)` (paper layout: kernel height, kernel width, input
@@ -35,6 +43,7 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, s};
 
 use crate::btd::Btd;
 use crate::error::{GbtdError, Result};
+use crate::layers::{paper_from_torch, torch_from_paper};
 use crate::real::Real;
 use crate::tensor::{Activation, multi_mode_dot};
 
@@ -284,9 +293,9 @@ impl<T: Real> GeneralizedBtd<T> {
         for t in &b.terms {
             let views: Vec<_> = spatial.iter().map(|&i| t.factors[i].view()).collect();
             let core = multi_mode_dot(&t.core.view(), &views, Some(&spatial_modes), None, false)?;
-            let core = core.into_dimensionality::<ndarray::Ix4>()?;
             // (d4*, d3*, kh, kw) -> (kh, kw, d3*, d4*)
-            cores.push(core.permuted_axes([2, 3, 1, 0]).as_standard_layout().into_owned());
+            let core = paper_from_torch(&core.view())?.into_dimensionality::<ndarray::Ix4>()?;
+            cores.push(core);
             a3.push(t.factors[i_in].clone());
             a4.push(t.factors[i_out].clone());
         }
@@ -300,9 +309,9 @@ impl<T: Real> GeneralizedBtd<T> {
         let mut x = Array4::<T>::zeros((d.d4, d.d3, d.kh, d.kw));
         for t in 0..d.terms {
             // (kh, kw, d3*, d4*) -> (d4*, d3*, kh, kw), then ×0 A4_r ×1 A3_r.
-            let g = self.cores[t].view().permuted_axes([3, 2, 0, 1]).into_dyn();
+            let g = torch_from_paper(&self.cores[t].view().into_dyn())?;
             let views = [self.a4[t].view(), self.a3[t].view()];
-            let xt = multi_mode_dot(&g, &views, Some(&[0, 1]), None, false)?;
+            let xt = multi_mode_dot(&g.view(), &views, Some(&[0, 1]), None, false)?;
             x += &xt.into_dimensionality::<ndarray::Ix4>()?;
         }
         Ok(x)
@@ -347,11 +356,7 @@ impl<T: Real> GeneralizedBtd<T> {
             // Eq. 9: T2_r = σ(conv(T1_r, G_r)) through the patch matrix (d3*·kh·kw) × (H'·W').
             let cols = im2col(&t1.view(), d.kh, d.kw, geom, ho, wo);
             // G_r as (d4*, d3*·kh·kw), columns in the patch order (p, a, b).
-            let gmat = self.cores[t]
-                .view()
-                .permuted_axes([3, 2, 0, 1])
-                .as_standard_layout()
-                .into_owned()
+            let gmat = torch_from_paper(&self.cores[t].view().into_dyn())?
                 .into_shape_with_order((d.d4_star, d.d3_star * d.kh * d.kw))?;
             let mut t2 = gmat.dot(&cols);
             t2.mapv_inplace(|x| self.sigma.apply(x));

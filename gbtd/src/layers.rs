@@ -4,7 +4,9 @@
 //! PyTorch (and every file or flag `gbtd` reads or writes) stores a conv kernel as
 //! `(out, in, kh, kw)`. The paper writes `X ∈ R^{d1×d2×d3×d4}` = `(kh, kw, in, out)`. The two are
 //! related by `X_paper(a, b, m, c) = W_torch(c, m, a, b)`: [`paper_from_torch`] and
-//! [`torch_from_paper`] are the only place in the crate where this permutation is written.
+//! [`torch_from_paper`] are the only place in the crate where this permutation is written. The
+//! one type that stores the paper's layout is the operator [`GeneralizedBtd`] (cores
+//! `(kh, kw, d3*, d4*)`), whose conversions live here.
 //!
 //! # Factorization ↔ layers (paper §3.2, Figure 1(c))
 //! A generalized BTD with `R` terms `(G_r, A3_r, A4_r)` ([`GeneralizedBtd`]) is the chain of three
@@ -174,7 +176,7 @@ impl<T: Real> LayerChain<T> {
             // grouped[t·d4* + q, p, a, b] = G_t(a, b, p, q)
             grouped
                 .slice_mut(s![t * d4s..(t + 1) * d4s, .., .., ..])
-                .assign(&g.cores[t].view().permuted_axes([3, 2, 0, 1]));
+                .assign(&torch_from_paper(&g.cores[t].view().into_dyn())?);
             // expand[c, t·d4* + q] = A4_t(c, q)
             expand
                 .slice_mut(s![.., t * d4s..(t + 1) * d4s, 0, 0])
@@ -204,7 +206,7 @@ impl<T: Real> LayerChain<T> {
                     .to_owned(),
             );
             let g = self.grouped.slice(s![t * d4s..(t + 1) * d4s, .., .., ..]);
-            cores.push(g.permuted_axes([2, 3, 1, 0]).as_standard_layout().into_owned());
+            cores.push(paper_from_torch(&g.into_dyn())?.into_dimensionality()?);
             a4.push(self.expand.slice(s![.., t * d4s..(t + 1) * d4s, 0, 0]).to_owned());
         }
         GeneralizedBtd::new(cores, a3, a4, sigma)

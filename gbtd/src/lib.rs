@@ -12,16 +12,16 @@
 pub mod btd;
 pub mod collective;
 pub mod cp;
+pub mod decomposition;
 pub mod display;
 pub mod error;
+pub mod formats;
 pub mod generalized;
-pub mod io;
 pub mod layers;
+mod layout;
 pub mod linalg;
 pub mod options;
 pub mod parallel;
-#[doc(hidden)]
-pub mod peers;
 pub mod random;
 pub mod real;
 pub mod tensor;
@@ -30,6 +30,7 @@ pub mod tucker;
 pub mod pickle;
 pub mod pth;
 
+pub use decomposition::{Decomposition, Method};
 pub use error::{GbtdError, Result};
 pub use real::Real;
 pub use tensor::{

@@ -1,11 +1,120 @@
 //! Options and results shared by every decomposition, modelled on TensorLy's decomposition
-//! module: each method takes `rank`, `n_iter_max`, `tol`, `init` and a `seed` (TensorLy's
-//! `random_state`), validated before any work starts, and returns its factors together with a
-//! [`Convergence`] record.
+//! module: each method is one function taking one options struct (`rank`, `n_iter_max`, `tol`,
+//! `init`, a `seed` — TensorLy's `random_state` — and an optional per-sweep [`Progress`]
+//! callback; BTD also an [`Acceleration`]), validated before any work starts, and returns its
+//! factors together with a [`Convergence`] record.
+//!
+//! | method | function | options |
+//! | --- | --- | --- |
+//! | Tucker / partial Tucker (HOOI) | [`crate::tucker::tucker`] | [`crate::tucker::TuckerOptions`] |
+//! | CP (ALS) | [`crate::cp::parafac`] | [`crate::cp::CpOptions`] |
+//! | block term decomposition (ALS) | [`crate::btd::btd`] | [`crate::btd::BtdOptions`] |
+//! | collective factorization | [`crate::collective::collective_btd`] | [`crate::collective::CollectiveOptions`] |
+//!
+//! Each options type is built with `new(rank…)` and `with_*` setters, for example
+//! `TuckerOptions::new(vec![64, 64]).with_modes(vec![0, 1]).with_progress(&bar)`.
+use std::fmt;
+
 use ndarray::Array2;
 
 use crate::error::{GbtdError, Result};
 use crate::real::Real;
+
+/// An optional progress callback, called after each sweep with the sweep number (from 1) and the
+/// relative error `‖X − X̂‖/‖X‖` after it. The callback takes `&self` (`Fn`), so a progress bar
+/// (whose setters take `&self`) or a closure updating a `Cell`/`RefCell` serves as one.
+#[derive(Clone, Copy, Default)]
+pub struct Progress<'a>(Option<&'a dyn Fn(usize, f64)>);
+
+impl<'a> Progress<'a> {
+    /// No callback.
+    pub fn none() -> Self {
+        Progress(None)
+    }
+
+    /// Calls `f(sweep, rel_error)` after each sweep.
+    pub fn new(f: &'a dyn Fn(usize, f64)) -> Self {
+        Progress(Some(f))
+    }
+
+    /// Reports sweep `sweep` with error `rel_error` to the callback, if any.
+    pub(crate) fn report(&self, sweep: usize, rel_error: f64) {
+        if let Some(f) = self.0 {
+            f(sweep, rel_error);
+        }
+    }
+}
+
+impl fmt::Debug for Progress<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(callback)"
+        } else {
+            "Progress(none)"
+        })
+    }
+}
+
+/// The `with_*` setters shared by the options of the iterative methods (each has the fields
+/// `iter`, `init` and `progress`).
+macro_rules! iterative_setters {
+    ($name:ident) => {
+        impl<'a, T> $name<'a, T> {
+            /// The same options with other iteration settings (sweeps, tolerance, seed).
+            pub fn with_iter(mut self, iter: $crate::options::IterOptions) -> Self {
+                self.iter = iter;
+                self
+            }
+
+            /// The same options with at most `n_iter_max` sweeps.
+            pub fn with_n_iter_max(mut self, n_iter_max: usize) -> Self {
+                self.iter.n_iter_max = n_iter_max;
+                self
+            }
+
+            /// The same options with another tolerance (`0` runs all sweeps).
+            pub fn with_tol(mut self, tol: f64) -> Self {
+                self.iter.tol = tol;
+                self
+            }
+
+            /// The same options with another seed of the random initialisation.
+            pub fn with_seed(mut self, seed: u64) -> Self {
+                self.iter.seed = seed;
+                self
+            }
+
+            /// The same options with another initialisation.
+            pub fn with_init(mut self, init: $crate::options::Init<T>) -> Self {
+                self.init = init;
+                self
+            }
+
+            /// The same options calling `progress(sweep, rel_error)` after each sweep.
+            pub fn with_progress(mut self, progress: &'a dyn Fn(usize, f64)) -> Self {
+                self.progress = $crate::options::Progress::new(progress);
+                self
+            }
+        }
+    };
+}
+pub(crate) use iterative_setters;
+
+/// How the ALS sweeps of a block term decomposition are accelerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acceleration {
+    /// Plain ALS: a sweep is the block updates and nothing else.
+    None,
+    /// After sweep `k ≥ 2`, extrapolate every parameter along the last step (Bro's line search,
+    /// R. Bro, "Multi-way analysis in the food industry", 1998): `Â_m ← Â_m + ρ (Â_m − Â_m^{prev})`
+    /// and `G_r ← G_r + ρ (G_r − G_r^{prev})` with `ρ = k^{1/3}` (the orthonormal blocks have a
+    /// continuous gauge: QR with a positive triangular diagonal), re-orthonormalise the blocks, and
+    /// keep the result only if its error is lower. The error therefore still never increases; the
+    /// extrapolation shortens the long plateaus ("swamps") that plain ALS shows on BTD and CP.
+    /// Costs one more error evaluation per sweep.
+    #[default]
+    LineSearch,
+}
 
 /// How the factors of an iterative decomposition are initialised.
 #[derive(Debug, Clone, PartialEq, Default)]

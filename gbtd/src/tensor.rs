@@ -16,14 +16,42 @@ use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
 use crate::error::{GbtdError, Result};
 use crate::real::Real;
 
-/// Checks that `mode` is a mode of a tensor of order `ndim`.
-pub(crate) fn check_mode(ndim: usize, mode: usize) -> Result<()> {
-    if mode >= ndim {
-        return Err(GbtdError::Shape(format!(
-            "mode {mode} out of range for a tensor of order {ndim}"
-        )));
+/// Checks a list of modes for a tensor of order `ndim`: non-empty, every mode below `ndim`, no
+/// mode listed twice. This is the one check of mode lists in the crate; every mistake is a
+/// [`GbtdError::Mode`].
+pub fn validate_modes(modes: &[usize], ndim: usize) -> Result<()> {
+    if modes.is_empty() {
+        return Err(GbtdError::Mode("no mode given".into()));
+    }
+    let mut seen = vec![false; ndim];
+    for &m in modes {
+        if m >= ndim {
+            return Err(GbtdError::Mode(format!(
+                "mode {m} out of range for a tensor of order {ndim} (modes are 0..{ndim})"
+            )));
+        }
+        if std::mem::replace(&mut seen[m], true) {
+            return Err(GbtdError::Mode(format!("mode {m} listed twice in {modes:?}")));
+        }
     }
     Ok(())
+}
+
+/// The factorized modes: `modes` checked by [`validate_modes`], or all modes `0..ndim` when
+/// `None`.
+pub(crate) fn resolve_modes(modes: Option<&[usize]>, ndim: usize) -> Result<Vec<usize>> {
+    match modes {
+        Some(m) => {
+            validate_modes(m, ndim)?;
+            Ok(m.to_vec())
+        }
+        None => Ok((0..ndim).collect()),
+    }
+}
+
+/// Checks that `mode` is a mode of a tensor of order `ndim` ([`validate_modes`] of one mode).
+pub(crate) fn check_mode(ndim: usize, mode: usize) -> Result<()> {
+    validate_modes(&[mode], ndim)
 }
 
 /// Mode-`mode` unfolding `X_(mode)` of shape `(d_mode, Π_{k≠mode} d_k)` (row-major convention,
@@ -144,13 +172,10 @@ pub fn multi_mode_dot<T: Real>(
             modes.len()
         )));
     }
-    let mut seen = vec![false; x.ndim()];
-    for &m in modes {
-        check_mode(x.ndim(), m)?;
-        if std::mem::replace(&mut seen[m], true) {
-            return Err(GbtdError::Shape(format!("mode {m} listed twice")));
-        }
+    if factors.is_empty() {
+        return Ok(x.to_owned());
     }
+    validate_modes(modes, x.ndim())?;
     let mut order: Vec<usize> = (0..factors.len()).filter(|&i| Some(i) != skip).collect();
     // Ratio out/in of each product; smaller first.
     let ratio = |i: usize| {

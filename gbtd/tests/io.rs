@@ -1,19 +1,20 @@
-//! Reading and writing tensor files (`gbtd::io`): round trips through files written by other
-//! implementations (ndarray-npy, the safetensors crate, numpy itself), the half-precision decoders
-//! against numpy's conversion of every bit pattern, and every malformed-input case returning its
-//! typed error instead of panicking or allocating what a corrupt header claims.
+//! Reading and writing tensor files (`gbtd::formats`): round trips through files written by other
+//! implementations (ndarray-npy, the safetensors crate, numpy itself), half-precision files of
+//! every finite bit pattern against numpy's conversion, and every malformed-input case returning
+//! its typed error instead of panicking or allocating what a corrupt header claims.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use gbtd::GbtdError;
-use gbtd::io::{
-    AnyTensor, DType, IoError, bf16_bits_to_f32, f16_bits_to_f32, list_tensors, read_safetensors_metadata,
-    read_tensor, write_npy, write_safetensors,
+use gbtd::formats::{
+    AnyTensor, DType, IoError, list_tensors, read_safetensors_metadata, read_tensor, write_npy,
+    write_safetensors,
 };
-use gbtd::peers::run_python;
+use gbtd::{Decomposition, Method};
 use ndarray::{ArrayD, Dimension, IxDyn};
 use ndarray_npy::{NpzWriter, read_npy, write_npy as npy_write};
+use peers::run_python;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -78,6 +79,9 @@ fn npy_f64_and_f32_round_trip_from_ndarray_npy() {
 
 #[test]
 fn numpy_layouts_endianness_and_half_precision_decode_like_numpy() {
+    if !peers::available("numpy_layouts_endianness_and_half_precision_decode_like_numpy") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // numpy writes the same values in Fortran order, big-endian f4 and f8, and f16, plus an f64
@@ -144,35 +148,58 @@ np.savez_compressed(d + '/single.npz', only=x.astype(np.float32))
 }
 
 #[test]
-fn half_precision_decoders_match_numpy_on_every_bit_pattern() {
+fn half_precision_files_of_every_finite_bit_pattern_read_like_numpy() {
+    if !peers::available("half_precision_files_of_every_finite_bit_pattern_read_like_numpy") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
-    let p16 = dir.path().join("f16.npy");
-    let pbf = dir.path().join("bf16.npy");
-    // numpy's own float16 → float32 conversion of all 2^16 patterns, and bfloat16 defined as the
-    // upper half of a float32 (numpy has no bfloat16 type).
+    let d = dir.path();
+    // numpy writes every finite float16 pattern as little- and big-endian `f2` arrays, with its
+    // own float16 → float32 conversion, and the float32 values of every finite bfloat16 pattern
+    // (the upper half of a float32; numpy has no bfloat16 type).
     run_python(
         r#"
 import sys, numpy as np
+d = sys.argv[1]
 bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-np.save(sys.argv[1], bits.view(np.float16).astype(np.float32))
-np.save(sys.argv[2], (bits.astype(np.uint32) << 16).view(np.float32))
+h = bits.view(np.float16)
+h = h[np.isfinite(h)]
+np.save(d + '/f16.npy', h)
+np.save(d + '/f16be.npy', h.astype('>f2'))
+np.save(d + '/f16ref.npy', h.astype(np.float32))
+bf = (bits.astype(np.uint32) << 16).view(np.float32)
+keep = np.isfinite(bf)
+np.save(d + '/bf16bits.npy', bits[keep])
+np.save(d + '/bf16ref.npy', bf[keep])
 "#,
-        &[s(&p16), s(&pbf)],
+        &[s(d)],
     )
     .unwrap();
-    let want16: ndarray::Array1<f32> = read_npy(&p16).unwrap();
-    let wantbf: ndarray::Array1<f32> = read_npy(&pbf).unwrap();
-    for b in 0..=u16::MAX {
-        let (g, w) = (f16_bits_to_f32(b), want16[b as usize]);
-        assert!(
-            g == w || (g.is_nan() && w.is_nan()),
-            "f16 {b:#06x}: {g} vs numpy {w}"
-        );
-        if !g.is_nan() {
-            assert_eq!(g.to_bits(), w.to_bits(), "f16 {b:#06x} sign of zero");
+    let want16: ndarray::Array1<f32> = read_npy(d.join("f16ref.npy")).unwrap();
+    for name in ["f16.npy", "f16be.npy"] {
+        let t = read_tensor(&d.join(name), None).unwrap();
+        assert_eq!(t.dtype, DType::F16);
+        let AnyTensor::F32(got) = t.data else {
+            panic!("{name}: f16 loads as f32")
+        };
+        assert_eq!(got.len(), want16.len());
+        for (g, w) in got.iter().zip(want16.iter()) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{name}: {g} vs numpy {w}");
         }
-        let (g, w) = (bf16_bits_to_f32(b), wantbf[b as usize]);
-        assert!(g == w || (g.is_nan() && w.is_nan()), "bf16 {b:#06x}");
+    }
+    // bfloat16 through a safetensors file of the raw little-endian bit patterns.
+    let bits: ndarray::Array1<u16> = read_npy(d.join("bf16bits.npy")).unwrap();
+    let wantbf: ndarray::Array1<f32> = read_npy(d.join("bf16ref.npy")).unwrap();
+    let raw: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let p = d.join("bf16.safetensors");
+    st_file(&p, &[("w", Dtype::BF16, vec![bits.len()], raw)]);
+    let t = read_tensor(&p, None).unwrap();
+    assert_eq!(t.dtype, DType::BF16);
+    let AnyTensor::F32(got) = t.data else {
+        panic!("bf16 loads as f32")
+    };
+    for (g, w) in got.iter().zip(wantbf.iter()) {
+        assert_eq!(g.to_bits(), w.to_bits(), "bf16: {g} vs {w}");
     }
 }
 
@@ -308,6 +335,42 @@ fn non_finite_and_empty_tensors_are_rejected() {
     ));
 }
 
+/// `list_tensors` reads headers only: an `.npz` member whose (compressed) data is cut short is
+/// still listed with its shape, while reading it is an error.
+#[test]
+fn listing_reads_only_headers() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("m.npy");
+    npy_write(&good, &sample(&[64, 64])).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let p = dir.path().join("cut.npz");
+    let mut zip = zip::ZipWriter::new(File::create(&p).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("whole.npy", opts).unwrap();
+    zip.write_all(&bytes).unwrap();
+    zip.start_file("cut.npy", opts).unwrap();
+    zip.write_all(&bytes[..bytes.len() / 3]).unwrap();
+    zip.finish().unwrap();
+    let listed: Vec<(String, Vec<usize>)> = list_tensors(&p)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.name, i.shape))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("whole".to_string(), vec![64, 64]),
+            ("cut".to_string(), vec![64, 64])
+        ]
+    );
+    assert!(read_tensor(&p, Some("whole")).is_ok());
+    assert!(matches!(
+        read_tensor(&p, Some("cut")),
+        Err(IoError::Corrupt { .. })
+    ));
+}
+
 #[test]
 fn corrupt_truncated_and_unsupported_files_give_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -363,7 +426,20 @@ fn corrupt_truncated_and_unsupported_files_give_typed_errors() {
     std::fs::write(&st, &b[..b.len() - 4]).unwrap();
     assert!(matches!(read_tensor(&st, None), Err(IoError::Corrupt { .. })));
 
-    // Integer and pickled-object arrays are refused, the pickle never loaded.
+    // Unknown extension and missing file.
+    assert!(matches!(
+        read_tensor(&d.join("x.csv"), None),
+        Err(IoError::UnknownFormat { .. })
+    ));
+    assert!(matches!(
+        read_tensor(&d.join("absent.npy"), None),
+        Err(IoError::Read { .. })
+    ));
+
+    // Integer and pickled-object arrays are refused, the pickle never loaded (numpy writes them).
+    if !peers::available("corrupt_truncated_and_unsupported_files_give_typed_errors (numpy part)") {
+        return;
+    }
     run_python(
         r#"
 import sys, numpy as np
@@ -381,20 +457,13 @@ np.save(sys.argv[2], np.array([{'a': 1}, None], dtype=object), allow_pickle=True
         Err(IoError::UnsupportedDtype { dtype, .. }) => assert_eq!(dtype, "|O"),
         other => panic!("expected UnsupportedDtype, got {other:?}"),
     }
-
-    // Unknown extension and missing file.
-    assert!(matches!(
-        read_tensor(&d.join("x.csv"), None),
-        Err(IoError::UnknownFormat { .. })
-    ));
-    assert!(matches!(
-        read_tensor(&d.join("absent.npy"), None),
-        Err(IoError::Read { .. })
-    ));
 }
 
 #[test]
 fn written_npy_is_read_by_numpy_and_writes_are_atomic() {
+    if !peers::available("written_npy_is_read_by_numpy_and_writes_are_atomic") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let x = sample(&[3, 2, 4]);
@@ -441,7 +510,7 @@ print(a.dtype, b.dtype, a.shape, repr(float((a * w).sum())), repr(float((b.astyp
     assert_eq!(dir_entries(d), vec!["out.npy", "out32.npy"]);
 
     // An error inside the writer leaves the previous content untouched and no temporary file.
-    let err = gbtd::io::write_atomic(&p, |w| {
+    let err = gbtd::formats::write_atomic(&p, |w| {
         use std::io::Write;
         w.write_all(b"partial")?;
         Err(std::io::Error::other("simulated failure"))
@@ -538,36 +607,36 @@ fn test_tensor(shape: &[usize], seed: u64) -> ArrayD<f64> {
 fn factor_files_follow_the_documented_layout_for_every_method() {
     use gbtd::btd::{BtdOptions, btd};
     use gbtd::cp::{CpOptions, parafac};
-    use gbtd::io::{Decomposition, FactorsFile, Method, read_factors, write_factors};
+    use gbtd::formats::{FactorsFile, read_factors, write_factors};
     use gbtd::tucker::{TuckerOptions, tucker};
 
     let dir = tempfile::tempdir().unwrap();
     let shape = [5usize, 4, 3, 2];
     let x = test_tensor(&shape, 7);
     let xv = x.view();
-    let mut tk = TuckerOptions::new(vec![3, 2]);
-    tk.modes = Some(vec![0, 1]);
-    tk.iter.n_iter_max = 3;
-    let mut full = TuckerOptions::new(vec![3, 3, 2, 2]);
-    full.iter.n_iter_max = 3;
-    let mut cpo = CpOptions::new(3);
-    cpo.iter.n_iter_max = 5;
-    let mut bo = BtdOptions::new(2, vec![2, 2]).with_modes(vec![0, 1]);
-    bo.iter.n_iter_max = 3;
-    let cases = vec![
-        (Method::Tucker2, Decomposition::Tucker(tucker(&xv, &tk).unwrap())),
-        (Method::Tucker, Decomposition::Tucker(tucker(&xv, &full).unwrap())),
-        (Method::Cp, Decomposition::Cp(parafac(&xv, &cpo).unwrap())),
-        (Method::Btd, Decomposition::Btd(btd(&xv, &bo).unwrap())),
+    let tk = TuckerOptions::new(vec![3, 2])
+        .with_modes(vec![0, 1])
+        .with_n_iter_max(3);
+    let full = TuckerOptions::new(vec![3, 3, 2, 2]).with_n_iter_max(3);
+    let cpo = CpOptions::new(3).with_n_iter_max(5);
+    let bo = BtdOptions::new(2, vec![2, 2])
+        .with_modes(vec![0, 1])
+        .with_n_iter_max(3);
+    let cases: Vec<(Method, Box<dyn Decomposition<f64>>)> = vec![
+        (Method::Tucker2, Box::new(tucker(&xv, &tk).unwrap())),
+        (Method::Tucker, Box::new(tucker(&xv, &full).unwrap())),
+        (Method::Cp, Box::new(parafac(&xv, &cpo).unwrap())),
+        (Method::Btd, Box::new(btd(&xv, &bo).unwrap())),
     ];
     for (method, d) in cases {
         let p = dir.path().join(format!("{method}.safetensors"));
         let mut info = BTreeMap::new();
         info.insert("rel_error".to_string(), "0.5".to_string());
+        let want = d.reconstruct().unwrap();
+        let n_params = d.n_params();
         let file = FactorsFile {
             method,
-            shape: shape.to_vec(),
-            decomposition: d.clone(),
+            decomposition: d,
             info: info.clone(),
         };
         write_factors(&p, &file).unwrap();
@@ -584,7 +653,6 @@ fn factor_files_follow_the_documented_layout_for_every_method() {
         // Rebuild by brute force from the raw tensors, using only the documented names.
         let bytes = std::fs::read(&p).unwrap();
         let modes: Vec<usize> = serde_json::from_str(&meta["modes"]).unwrap();
-        let want = d.reconstruct().unwrap();
         let mut brute = ArrayD::<f64>::zeros(IxDyn(&shape));
         match method {
             Method::Cp => {
@@ -632,16 +700,16 @@ fn factor_files_follow_the_documented_layout_for_every_method() {
         // read_factors gives back the same decomposition (f64 stored exactly) and the info.
         let back = read_factors::<f64>(&p).unwrap();
         assert_eq!(back.method, method);
-        assert_eq!(back.shape, shape.to_vec());
+        assert_eq!(back.decomposition.shape(), shape.to_vec());
         assert_eq!(back.info, info);
         assert_eq!(back.decomposition.reconstruct().unwrap(), want);
-        assert_eq!(back.decomposition.n_params(), d.n_params());
+        assert_eq!(back.decomposition.n_params(), n_params);
     }
 }
 
 #[test]
 fn f32_factors_are_stored_as_f32() {
-    use gbtd::io::{AnyFactors, Decomposition, FactorsFile, Method, read_factors_any, write_factors};
+    use gbtd::formats::{AnyFactors, FactorsFile, read_factors_any, write_factors};
     use gbtd::tucker::{TuckerOptions, tucker};
     let dir = tempfile::tempdir().unwrap();
     let x = test_tensor(&[4, 3, 2], 3).mapv(|v| v as f32);
@@ -649,8 +717,7 @@ fn f32_factors_are_stored_as_f32() {
     let p = dir.path().join("f.safetensors");
     let file = FactorsFile {
         method: Method::Tucker,
-        shape: vec![4, 3, 2],
-        decomposition: Decomposition::Tucker(t.clone()),
+        decomposition: Box::new(t.clone()),
         info: BTreeMap::new(),
     };
     write_factors(&p, &file).unwrap();
@@ -665,7 +732,8 @@ fn f32_factors_are_stored_as_f32() {
 
 #[test]
 fn invalid_factor_files_are_rejected_with_typed_errors() {
-    use gbtd::io::{Decomposition, FactorsFile, Method, read_factors, write_factors};
+    use gbtd::btd::{BlockTerm, Btd};
+    use gbtd::formats::{FactorsFile, read_factors, write_factors};
     use gbtd::tucker::{TuckerOptions, tucker};
     let dir = tempfile::tempdir().unwrap();
     let x = test_tensor(&[4, 3, 2], 5);
@@ -673,8 +741,7 @@ fn invalid_factor_files_are_rejected_with_typed_errors() {
     let good = dir.path().join("good.safetensors");
     let file = FactorsFile {
         method: Method::Tucker,
-        shape: vec![4, 3, 2],
-        decomposition: Decomposition::Tucker(t.clone()),
+        decomposition: Box::new(t.clone()),
         info: BTreeMap::new(),
     };
     write_factors(&good, &file).unwrap();
@@ -800,8 +867,7 @@ fn invalid_factor_files_are_rejected_with_typed_errors() {
     let p = dir.path().join("nan.safetensors");
     let file = FactorsFile {
         method: Method::Tucker,
-        shape: vec![4, 3, 2],
-        decomposition: Decomposition::Tucker(bad),
+        decomposition: Box::new(bad),
         info: BTreeMap::new(),
     };
     write_factors(&p, &file).unwrap();
@@ -812,14 +878,44 @@ fn invalid_factor_files_are_rejected_with_typed_errors() {
             ..
         })
     ));
-    // Writing refuses parts that do not fit the stated shape, and leaves no file.
+    // Writing refuses a decomposition that does not fit the layout, and leaves no file: a method
+    // label that does not match it, a factor whose columns disagree with the core, a BTD whose
+    // terms have different ranks, and repeated modes.
     let p = dir.path().join("mismatch.safetensors");
-    let file = FactorsFile {
-        method: Method::Tucker2,
-        shape: vec![4, 3, 3],
-        decomposition: Decomposition::Tucker(t),
-        info: BTreeMap::new(),
+    let mut wrong_rows = t.clone();
+    wrong_rows.factors[1] = ndarray::Array2::zeros((3, 3));
+    let uneven = Btd {
+        terms: vec![
+            BlockTerm {
+                core: ArrayD::zeros(IxDyn(&[2, 2, 2])),
+                factors: vec![ndarray::Array2::zeros((4, 2)), ndarray::Array2::zeros((3, 2))],
+            },
+            BlockTerm {
+                core: ArrayD::zeros(IxDyn(&[1, 2, 2])),
+                factors: vec![ndarray::Array2::zeros((4, 1)), ndarray::Array2::zeros((3, 2))],
+            },
+        ],
+        modes: vec![0, 1],
+        shape: vec![4, 3, 2],
+        convergence: Default::default(),
     };
-    assert!(matches!(write_factors(&p, &file), Err(IoError::Factors { .. })));
-    assert!(!p.exists());
+    let mut repeated = t.clone();
+    repeated.modes = vec![0, 0, 2];
+    let refused: Vec<(Method, Box<dyn Decomposition<f64>>)> = vec![
+        (Method::Cp, Box::new(t.clone())),
+        (Method::Btd, Box::new(t.clone())),
+        (Method::Tucker, Box::new(wrong_rows)),
+        (Method::Btd, Box::new(uneven)),
+        (Method::Tucker, Box::new(repeated)),
+    ];
+    for (method, decomposition) in refused {
+        let file = FactorsFile {
+            method,
+            decomposition,
+            info: BTreeMap::new(),
+        };
+        let err = write_factors(&p, &file).unwrap_err();
+        assert!(matches!(err, IoError::Factors { .. }), "{method}: {err}");
+        assert!(!p.exists(), "{method}: a refused write left a file");
+    }
 }

@@ -2,7 +2,7 @@
 //! elementwise sum of Eq. 2, BTD with one term matches Tucker (HOOI), BTD with unit ranks matches
 //! CP, and BTD recovers exact sum-of-Tuckers data; plus its error paths.
 use approx::assert_abs_diff_eq;
-use gbtd::btd::{Acceleration, BlockTerm, Btd, BtdOptions, DIRECT_CORE_SOLVE_MAX, btd, btd_accelerated};
+use gbtd::btd::{Acceleration, BlockTerm, Btd, BtdOptions, DIRECT_CORE_SOLVE_MAX, btd};
 use gbtd::cp::{CpOptions, parafac};
 use gbtd::options::{Init, IterOptions};
 use gbtd::random::{randn, randn2, rng};
@@ -223,12 +223,10 @@ proptest! {
         let scale = 0.1 * gbtd::norm(&x.view()) / gbtd::norm(&noise.view());
         x.scaled_add(scale, &noise);
         let init = hosvd(&x.view(), &rank, Some(&modes)).unwrap().factors;
-        let t = tucker(&x.view(), &TuckerOptions {
-            rank: rank.clone(),
-            modes: Some(modes.clone()),
-            iter: iter(200, 1e-14, 0),
-            init: Init::Given(init.clone()),
-        }).unwrap();
+        let t = tucker(&x.view(), &TuckerOptions::new(rank.clone())
+            .with_modes(modes.clone())
+            .with_iter(iter(200, 1e-14, 0))
+            .with_init(Init::Given(init.clone()))).unwrap();
         let b = btd(&x.view(), &BtdOptions::new(1, rank.clone())
             .with_modes(modes.clone())
             .with_iter(iter(400, 1e-14, 0))
@@ -267,15 +265,14 @@ proptest! {
         noisy.scaled_add(0.1 * gbtd::norm(&x.view()) / gbtd::norm(&noise.view()), &noise);
         let init: Vec<Array2<f64>> = dims.iter().map(|&d| randn2(d, r, &mut g)).collect();
         let n = 30;
-        let b = btd_accelerated(
+        let b = btd(
             &noisy.view(),
             &BtdOptions::new(r, vec![1, 1, 1])
                 .with_iter(iter(n, 0.0, 0))
-                .with_init(Init::Given(init.clone())),
-            Acceleration::None,
-            |_, _| {},
+                .with_init(Init::Given(init.clone()))
+                .with_acceleration(Acceleration::None),
         ).unwrap();
-        let cp_opts = CpOptions { rank: r, iter: iter(n, 0.0, 0), init: Init::Given(init) };
+        let cp_opts = CpOptions::new(r).with_iter(iter(n, 0.0, 0)).with_init(Init::Given(init));
         let cp = parafac(&noisy.view(), &cp_opts).unwrap();
         prop_assert_eq!(b.convergence.errors.len(), n + 1);
         prop_assert_eq!(cp.convergence.errors.len(), n + 1);
@@ -464,15 +461,15 @@ fn btd_rejects_bad_input_with_typed_errors() {
     ));
     assert!(matches!(
         run(&ok.clone().with_modes(vec![0, 3])),
-        Err(GbtdError::Shape(_))
+        Err(GbtdError::Mode(_))
     ));
     assert!(matches!(
         run(&BtdOptions::new(2, vec![2, 2]).with_modes(vec![1, 1])),
-        Err(GbtdError::Options(_))
+        Err(GbtdError::Mode(_))
     ));
     assert!(matches!(
         run(&BtdOptions::new(2, vec![]).with_modes(vec![])),
-        Err(GbtdError::Options(_))
+        Err(GbtdError::Mode(_))
     ));
     assert!(matches!(
         run(&ok.clone().with_iter(iter(5, -1.0, 0))),
@@ -558,7 +555,10 @@ fn malformed_btd_reports_errors_instead_of_panicking() {
     assert!(matches!(b.reconstruct(), Err(GbtdError::Shape(_))));
     let mut b = good.clone();
     b.modes = vec![0, 7];
-    assert!(matches!(b.reconstruct(), Err(GbtdError::Shape(_))));
+    assert!(matches!(b.reconstruct(), Err(GbtdError::Mode(_))));
+    let mut b = good.clone();
+    b.modes = vec![2, 2];
+    assert!(matches!(b.reconstruct(), Err(GbtdError::Mode(_))));
     let mut b = good.clone();
     b.terms.clear();
     assert!(matches!(b.reconstruct(), Err(GbtdError::Rank(_))));

@@ -3,6 +3,7 @@
 //! dense convolution with the reconstructed kernel; with σ = ReLU between them they equal the
 //! generalized-BTD operator. Also the layout conversion, the Tucker-2/CP/collective conversions and
 //! their inverses, and the error paths.
+use gbtd::Decomposition;
 use gbtd::GbtdError;
 use gbtd::btd::{BlockTerm, Btd, BtdOptions, btd};
 use gbtd::collective::{CollectiveOptions, collective_btd};
@@ -11,7 +12,7 @@ use gbtd::generalized::{ConvGeometry, GeneralizedBtd, Sigma};
 use gbtd::layers::{LayerChain, paper_from_torch, torch_from_paper};
 use gbtd::options::{Init, IterOptions};
 use gbtd::random::{randn, randn2, rng};
-use gbtd::tucker::{TuckerOptions, partial_tucker};
+use gbtd::tucker::{TuckerOptions, tucker};
 use ndarray::{Array3, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewD, Ix4, IxDyn};
 use proptest::prelude::*;
 
@@ -188,7 +189,9 @@ proptest! {
     }
 
     /// The conversions are inverse to each other: BTD → chain → BTD, chain → generalized →
-    /// chain, and the index map of design.md holds entry by entry.
+    /// chain, and the index map of `gbtd::layers` (`reduce[t·d3* + p, m] = A3_t(m, p)`,
+    /// `grouped[t·d4* + q, p, a, b] = G_t(q, p, a, b)`, `expand[c, t·d4* + q] = A4_t(c, q)`) holds
+    /// entry by entry.
     #[test]
     fn chain_conversions_round_trip((d4, d3, k, r, d4s, d3s, _h, _w, _st, seed) in chain_case()) {
         let b = random_kernel_btd(d4, d3, k, r, (d4s, d3s), seed);
@@ -249,7 +252,7 @@ fn paper_and_torch_layouts_convert_entry_by_entry() {
 #[test]
 fn tucker2_chain_equals_dense_convolution_and_round_trips() {
     let x = randn::<f64>(&[6, 5, 3, 3], &mut rng(8));
-    let t = partial_tucker(
+    let t = tucker(
         &x.view(),
         &TuckerOptions {
             rank: vec![3, 2],
@@ -260,10 +263,15 @@ fn tucker2_chain_equals_dense_convolution_and_round_trips() {
                 seed: 0,
             },
             init: Init::Svd,
+            progress: Default::default(),
         },
     )
     .unwrap();
     let chain = LayerChain::from_tucker(&t).unwrap();
+    // The same conversion through the decomposition trait.
+    let dynamic: &dyn Decomposition<f64> = &t;
+    assert_eq!(dynamic.to_layers().unwrap(), chain);
+    assert_eq!(dynamic.n_params(), chain.n_params());
     assert_eq!(chain.groups, 1);
     assert_eq!(chain.reduce.dim(), (2, 5, 1, 1));
     assert_eq!(chain.grouped.dim(), (3, 2, 3, 3));
@@ -318,6 +326,7 @@ fn cp_chain_equals_dense_convolution_and_round_trips() {
                 seed: 0,
             },
             init: Init::Svd,
+            progress: Default::default(),
         },
     )
     .unwrap();
@@ -352,6 +361,7 @@ fn cp_chain_equals_dense_convolution_and_round_trips() {
                 seed: 0,
             },
             init: Init::Svd,
+            progress: Default::default(),
         },
     )
     .unwrap();

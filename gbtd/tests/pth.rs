@@ -127,17 +127,12 @@ struct Fixtures {
 fn fixtures() -> Option<&'static Fixtures> {
     static F: OnceLock<Option<Fixtures>> = OnceLock::new();
     F.get_or_init(|| {
-        if let Err(e) = gbtd::peers::python() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but the Python peers are missing: {e}"
-            );
-            eprintln!("skipping PyTorch checkpoint tests: {e}");
+        if !peers::available("pth checkpoint tests") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        gbtd::peers::run_python(FIXTURES, &[path.to_str().unwrap()]).expect("fixture script");
+        peers::run_python(FIXTURES, &[path.to_str().unwrap()]).expect("fixture script");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path.join("manifest.json")).unwrap())
                 .expect("manifest");
@@ -316,7 +311,7 @@ fn malicious_pickles_are_refused_by_name_and_never_run() {
     }
     // The payload is live: Python's own unpickler does create the file.
     let evil = fx.path.join("evil_system.pkl");
-    gbtd::peers::run_python(
+    peers::run_python(
         "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
         &[evil.to_str().unwrap()],
     )
@@ -341,6 +336,65 @@ fn a_pickled_module_is_refused_with_a_hint() {
         msg.contains("torch.nn.modules.linear.Linear") && msg.contains("state_dict()"),
         "{msg}"
     );
+}
+
+#[test]
+fn gbtd_info_and_decompose_read_checkpoints() {
+    let Some(fx) = fixtures() else { return };
+    let gbtd = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gbtd"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.success(), text)
+    };
+    for fmt in ["zip", "legacy"] {
+        let file = fx.path.join(format!("resnet18_{fmt}.pth"));
+        let f = file.to_str().unwrap();
+        let (ok, out) = gbtd(&["info", f]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("PyTorch checkpoint") && out.contains("layer1.0.conv1.weight"),
+            "{out}"
+        );
+        assert!(
+            out.contains("[64, 64, 3, 3]") && out.contains("int64 (unsupported)"),
+            "{out}"
+        );
+        // The tensor read through gbtd::formats is torch's, widened to f32.
+        let t = gbtd::formats::read_tensor(&file, Some("layer1.0.conv1.weight")).unwrap();
+        let want = pth::read_tensor(&file, Some("layer1.0.conv1.weight"))
+            .unwrap()
+            .to_f32();
+        assert_eq!(t.data, gbtd::formats::AnyTensor::F32(want));
+        let out_path = fx.path.join(format!("factors_{fmt}.safetensors"));
+        let (ok, out) = gbtd(&[
+            "decompose",
+            f,
+            "--tensor",
+            "layer1.0.conv1.weight",
+            "--method",
+            "tucker2",
+            "--rank",
+            "16,16",
+            "--quiet",
+            "--out",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(ok && out_path.exists(), "{out}");
+        let (ok, out) = gbtd(&[
+            "decompose",
+            f,
+            "--tensor",
+            "bn1.num_batches_tracked",
+            "--method",
+            "cp",
+            "--rank",
+            "1",
+        ]);
+        assert!(!ok && out.contains("int64"), "{out}");
+    }
 }
 
 #[test]

@@ -130,7 +130,7 @@ print(json.dumps(out))
 fn peer(name: &str) -> (u64, u64) {
     static PEERS: OnceLock<HashMap<String, (u64, u64)>> = OnceLock::new();
     let map = PEERS.get_or_init(|| {
-        let out = gbtd::peers::run_python(PEER, &[]).expect("python peer (torch, torchvision) failed");
+        let out = peers::run_python(PEER, &[]).expect("python peer (torch, torchvision) failed");
         let v: HashMap<String, Vec<u64>> = serde_json::from_str(out.trim()).expect("peer JSON");
         v.into_iter().map(|(k, x)| (k, (x[0], x[1]))).collect()
     });

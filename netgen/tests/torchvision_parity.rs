@@ -66,7 +66,7 @@ fn read_io(path: &Path) -> (Tensor, Tensor) {
 fn resnet50_and_resnext50_match_torchvision() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir_s = dir.path().to_str().expect("utf-8 tempdir");
-    let report = gbtd::peers::run_python(EXPORT, &[dir_s]).expect("torchvision export");
+    let report = peers::run_python(EXPORT, &[dir_s]).expect("torchvision export");
     tch::set_num_threads(2);
     let mut checked = 0;
     for line in report.lines() {

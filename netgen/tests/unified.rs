@@ -13,7 +13,7 @@ use gbtd::btd::{BtdOptions, btd};
 use gbtd::collective::{CollectiveOptions, collective_btd};
 use gbtd::layers::LayerChain;
 use gbtd::options::IterOptions;
-use gbtd::tucker::{TuckerOptions, partial_tucker};
+use gbtd::tucker::{TuckerOptions, tucker};
 use ndarray::{Array4, ArrayD, IxDyn};
 use netgen::arch::{NetSpec, StageSpec, Stem, UnitSpec};
 use netgen::nn::{BatchNorm2d, Mode, Network, PostActUnit, PreActUnit, Unit, UnitDims};
@@ -258,14 +258,11 @@ fn b_linear_chain_is_the_dense_conv_of_the_btd_reconstruction() {
 fn c_r1_bottleneck_is_tucker2() {
     tch::manual_seed(22);
     let kernel = to_nd(&Tensor::randn([12, 8, 3, 3], F64));
-    let opts = TuckerOptions {
-        rank: vec![5, 5],
-        modes: Some(vec![0, 1]),
-        iter: iters(10),
-        init: Default::default(),
-    };
-    let tucker = partial_tucker(&kernel.view(), &opts).expect("partial tucker");
-    let chain = LayerChain::from_tucker(&tucker).expect("layers");
+    let opts = TuckerOptions::new(vec![5, 5])
+        .with_modes(vec![0, 1])
+        .with_iter(iters(10));
+    let tk = tucker(&kernel.view(), &opts).expect("partial tucker");
+    let chain = LayerChain::from_tucker(&tk).expect("layers");
     assert_eq!(chain.groups, 1);
     // A ResNet bottleneck (R = 1: a dense 3×3 between the 1×1s), linear mode.
     let vs = f64_store();
@@ -281,7 +278,7 @@ fn c_r1_bottleneck_is_tucker2() {
     set(&unit.conv2.weight, &chain.grouped);
     set(&unit.conv3.weight, &chain.expand);
     let x = Tensor::randn([2, 8, 7, 7], F64);
-    let dense = to_tch(&tucker.reconstruct().expect("reconstruct"));
+    let dense = to_tch(&tk.reconstruct().expect("reconstruct"));
     assert_close(
         &tch::no_grad(|| unit.residual_t(&x, false)),
         &conv(&x, &dense, None, 2, 1),

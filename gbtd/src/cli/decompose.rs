@@ -9,13 +9,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::ArrayD;
 use serde::Serialize;
 
-use gbtd::Real;
-use gbtd::btd::{BtdOptions, btd_with_progress};
-use gbtd::cp::{CpOptions, parafac_with_progress};
-use gbtd::io::{self, AnyTensor, Decomposition, FactorsFile, Method};
+use gbtd::btd::{BtdOptions, btd};
+use gbtd::cp::{CpOptions, parafac};
+use gbtd::formats::{self, AnyTensor, FactorsFile};
 use gbtd::options::{Init, IterOptions};
-use gbtd::tensor::relative_error;
-use gbtd::tucker::{TuckerOptions, tucker_with_progress};
+use gbtd::tensor::{relative_error, validate_modes};
+use gbtd::tucker::{TuckerOptions, tucker};
+use gbtd::{Decomposition, Method, Real};
 
 use super::args::{DecomposeArgs, DtypeArg, InitArg, MethodArg};
 use super::report;
@@ -31,20 +31,6 @@ pub struct Plan {
     pub ranks: Vec<usize>,
     /// Block terms (BTD), rank-one terms (CP), or 1 (Tucker).
     pub terms: usize,
-}
-
-/// Parses a comma-separated list of non-negative integers given to `flag`.
-fn parse_list(s: &str, flag: &str, example: &str) -> Result<Vec<usize>> {
-    s.split(',')
-        .map(|part| {
-            let p = part.trim();
-            p.parse::<usize>().map_err(|_| {
-                anyhow!(
-                    "{flag} '{s}': '{p}' is not a non-negative integer; give comma-separated integers such as {example}"
-                )
-            })
-        })
-        .collect()
 }
 
 fn method_of(m: MethodArg) -> Method {
@@ -75,9 +61,10 @@ pub fn plan(args: &DecomposeArgs, shape: &[usize]) -> Result<Plan> {
         };
         bail!("--rank is required for --method {method} (for example {example})");
     };
-    let ranks = parse_list(rank, "--rank", "64,64")?;
+    let ranks = rank.clone();
+    let rank = report::list(&ranks);
     if ranks.contains(&0) {
-        bail!("--rank '{rank}': ranks must be at least 1");
+        bail!("--rank {rank}: ranks must be at least 1");
     }
     if method == Method::Cp {
         if ranks.len() != 1 {
@@ -97,7 +84,7 @@ pub fn plan(args: &DecomposeArgs, shape: &[usize]) -> Result<Plan> {
         });
     }
     let modes = match &args.modes {
-        Some(m) => parse_list(m, "--modes", "0,1")?,
+        Some(m) => m.clone(),
         None => match method {
             Method::Tucker2 => vec![0, 1],
             Method::Btd if n == 4 => vec![0, 1],
@@ -110,17 +97,15 @@ pub fn plan(args: &DecomposeArgs, shape: &[usize]) -> Result<Plan> {
             modes.len()
         );
     }
-    for (i, &m) in modes.iter().enumerate() {
-        if m >= n {
-            bail!("mode {m} does not exist: the input has {n} modes (shape {shape:?})");
-        }
-        if modes[..i].contains(&m) {
-            bail!("--modes lists mode {m} twice");
-        }
-    }
+    validate_modes(&modes, n).map_err(|e| {
+        anyhow!(
+            "--modes {}: {e}; the input has shape {shape:?}",
+            report::list(&modes)
+        )
+    })?;
     if ranks.len() != modes.len() {
         bail!(
-            "--rank '{rank}' gives {} ranks but --method {method} factorizes {} modes ({}) of the input of shape {shape:?}; give one rank per mode, e.g. --rank {}",
+            "--rank {rank} gives {} ranks but --method {method} factorizes {} modes ({}) of the input of shape {shape:?}; give one rank per mode, e.g. --rank {}",
             ranks.len(),
             modes.len(),
             report::list(&modes),
@@ -130,7 +115,7 @@ pub fn plan(args: &DecomposeArgs, shape: &[usize]) -> Result<Plan> {
     for (&m, &r) in modes.iter().zip(&ranks) {
         if r > shape[m] {
             bail!(
-                "--rank '{rank}': rank {r} of mode {m} exceeds that mode's dimension {} (shape {shape:?})",
+                "--rank {rank}: rank {r} of mode {m} exceeds that mode's dimension {} (shape {shape:?})",
                 shape[m]
             );
         }
@@ -234,7 +219,7 @@ pub fn run(args: &DecomposeArgs) -> Result<()> {
     if let Some(out) = &args.out {
         check_out(out, &args.input)?;
     }
-    let input = io::read_tensor(&args.input, args.tensor.as_deref())?;
+    let input = formats::read_tensor(&args.input, args.tensor.as_deref())?;
     let shape = input.data.shape().to_vec();
     let plan = plan(args, &shape)?;
     let use_f64 = match args.dtype {
@@ -356,33 +341,29 @@ fn run_typed<T: Real>(x: ArrayD<T>, plan: &Plan, args: &DecomposeArgs) -> Result
     };
     let xv = x.view();
     let start = Instant::now();
-    let result = match plan.method {
+    let result: gbtd::Result<Box<dyn Decomposition<T>>> = match plan.method {
         Method::Tucker | Method::Tucker2 => {
-            let opts = TuckerOptions {
-                rank: plan.ranks.clone(),
-                modes: Some(plan.modes.clone()),
-                iter,
-                init: init(),
-            };
-            tucker_with_progress(&xv, &opts, tick).map(Decomposition::Tucker)
+            let opts = TuckerOptions::new(plan.ranks.clone())
+                .with_modes(plan.modes.clone())
+                .with_iter(iter)
+                .with_init(init())
+                .with_progress(&tick);
+            tucker(&xv, &opts).map(|d| Box::new(d) as _)
         }
         Method::Cp => {
-            let opts = CpOptions {
-                rank: plan.terms,
-                iter,
-                init: init(),
-            };
-            parafac_with_progress(&xv, &opts, tick).map(Decomposition::Cp)
+            let opts = CpOptions::new(plan.terms)
+                .with_iter(iter)
+                .with_init(init())
+                .with_progress(&tick);
+            parafac(&xv, &opts).map(|d| Box::new(d) as _)
         }
         Method::Btd => {
-            let opts = BtdOptions {
-                terms: plan.terms,
-                rank: plan.ranks.clone(),
-                modes: Some(plan.modes.clone()),
-                iter,
-                init: init(),
-            };
-            btd_with_progress(&xv, &opts, tick).map(Decomposition::Btd)
+            let opts = BtdOptions::new(plan.terms, plan.ranks.clone())
+                .with_modes(plan.modes.clone())
+                .with_iter(iter)
+                .with_init(init())
+                .with_progress(&tick);
+            btd(&xv, &opts).map(|d| Box::new(d) as _)
         }
     };
     let seconds = start.elapsed().as_secs_f64();
@@ -407,11 +388,10 @@ fn run_typed<T: Real>(x: ArrayD<T>, plan: &Plan, args: &DecomposeArgs) -> Result
         );
         let file = FactorsFile {
             method: plan.method,
-            shape: x.shape().to_vec(),
             decomposition,
             info,
         };
-        io::write_factors(out, &file)?;
+        formats::write_factors(out, &file)?;
     }
     Ok(Outcome {
         rel_error,

@@ -3,7 +3,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use gbtd::io::{self, Format};
+use gbtd::formats::{self, Format};
 
 use super::args::InfoArgs;
 use super::report;
@@ -11,9 +11,9 @@ use super::report;
 /// Runs `gbtd info`.
 pub fn run(args: &InfoArgs) -> Result<()> {
     let format = Format::from_path(&args.file)?;
-    let tensors = io::list_tensors(&args.file)?;
+    let tensors = formats::list_tensors(&args.file)?;
     let meta = match format {
-        Format::Safetensors => io::read_safetensors_metadata(&args.file)?,
+        Format::Safetensors => formats::read_safetensors_metadata(&args.file)?,
         _ => Default::default(),
     };
     let mut out = std::io::stdout().lock();
@@ -24,13 +24,14 @@ fn print(
     out: &mut impl Write,
     args: &InfoArgs,
     format: Format,
-    tensors: &[io::TensorInfo],
+    tensors: &[formats::TensorInfo],
     meta: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<()> {
     let kind = match format {
         Format::Npy => "npy",
         Format::Npz => "npz",
         Format::Safetensors => "safetensors",
+        Format::Pth => "PyTorch checkpoint",
     };
     let n = tensors.len();
     writeln!(

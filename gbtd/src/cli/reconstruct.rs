@@ -4,7 +4,7 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 
 use gbtd::Real;
-use gbtd::io::{self, AnyFactors, DType, FactorsFile};
+use gbtd::formats::{self, AnyFactors, DType, FactorsFile};
 
 use super::args::ReconstructArgs;
 use super::report;
@@ -22,13 +22,13 @@ pub fn run(args: &ReconstructArgs) -> Result<()> {
             args.out.display()
         );
     }
-    if io::Format::from_path(&args.factors).ok() != Some(io::Format::Safetensors) {
+    if formats::Format::from_path(&args.factors).ok() != Some(formats::Format::Safetensors) {
         bail!(
             "{}: expected a .safetensors factors file written by `gbtd decompose --out`",
             args.factors.display()
         );
     }
-    let (method, shape, dtype) = match io::read_factors_any(&args.factors)? {
+    let (method, shape, dtype) = match formats::read_factors_any(&args.factors)? {
         AnyFactors::F32(f) => rebuild(&f, args)?,
         AnyFactors::F64(f) => rebuild(&f, args)?,
     };
@@ -50,14 +50,15 @@ fn rebuild<T: Real>(f: &FactorsFile<T>, args: &ReconstructArgs) -> Result<(Strin
         .decomposition
         .reconstruct()
         .with_context(|| format!("{}: cannot rebuild the tensor", args.factors.display()))?;
-    if x.shape() != f.shape.as_slice() {
+    let shape = f.decomposition.shape();
+    if x.shape() != shape.as_slice() {
         bail!(
             "{}: the factors rebuild a tensor of shape {:?}, the metadata says {:?}",
             args.factors.display(),
             x.shape(),
-            f.shape
+            shape
         );
     }
-    io::write_npy(&args.out, &x)?;
-    Ok((f.method.to_string(), f.shape.clone(), DType::of::<T>()))
+    formats::write_npy(&args.out, &x)?;
+    Ok((f.method.to_string(), shape, DType::of::<T>()))
 }

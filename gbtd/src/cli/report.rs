@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use gbtd::GbtdError;
-use gbtd::io::IoError;
+use gbtd::formats::IoError;
 
 /// The error and its causes on one line, followed by a hint when one is known.
 pub fn one_line(e: &anyhow::Error) -> String {

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use gbtd::peers::run_python;
 use gbtd::random::{randn, rng};
 use ndarray::{Array2, ArrayD, Dimension, IxDyn};
 use ndarray_npy::{read_npy, write_npy};
+use peers::run_python;
 use proptest::test_runner::{Config, RngSeed};
 
 /// A proptest configuration with `cases` cases and a fixed seed, so that CI runs are
@@ -53,7 +53,8 @@ pub fn cp_brute_force(weights: &[f64], factors: &[Array2<f64>]) -> ArrayD<f64> {
     out
 }
 
-/// Runs `script` with the pinned Python: `inputs` are written as `NAME.npy` into a fresh
+/// Runs `script` with the pinned Python (tests calling it first check `peers::available`):
+/// `inputs` are written as `NAME.npy` into a fresh
 /// temporary directory whose path is `sys.argv[1]`; the script writes each of `outputs` as
 /// `NAME.npy` there, and they are read back (as `f64`).
 pub fn python_npy(script: &str, inputs: &[(&str, &ArrayD<f64>)], outputs: &[&str]) -> Vec<ArrayD<f64>> {
