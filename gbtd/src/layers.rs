@@ -40,6 +40,7 @@ use crate::generalized::{GbtdDims, GeneralizedBtd, Sigma};
 use crate::linalg::{leading_left_singular_vectors, singular_values};
 use crate::options::Convergence;
 use crate::real::Real;
+use crate::tensor::validate_modes;
 use crate::tucker::Tucker;
 use ndarray_linalg::QR;
 
@@ -263,20 +264,14 @@ impl<T: Real> LayerChain<T> {
                 t.modes
             )));
         }
-        let mut shape = t.core.shape().to_vec();
-        for (f, &m) in t.factors.iter().zip(&t.modes) {
-            if m >= 4 {
-                return Err(GbtdError::Shape(format!("Tucker mode {m} out of range")));
-            }
-            shape[m] = f.nrows();
-        }
+        validate_modes(&t.modes, 4)?;
         let b = Btd {
             terms: vec![BlockTerm {
                 core: t.core.clone(),
                 factors: t.factors.clone(),
             }],
             modes: t.modes.clone(),
-            shape,
+            shape: t.shape(),
             convergence: t.convergence.clone(),
         };
         LayerChain::from_btd(&b)

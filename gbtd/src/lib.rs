@@ -5,6 +5,13 @@
 //! generalized BTD, and collective factorization of stacked convolution kernels, on `ndarray`
 //! tensors with LAPACK/BLAS (OpenBLAS) kernels. It does not depend on libtorch.
 //!
+//! Each decomposition is one function taking one options struct, as in TensorLy's decomposition
+//! module ([`tucker::tucker`], [`cp::parafac`], [`btd::btd`], [`collective::collective_btd`];
+//! see [`options`]); their results implement [`Decomposition`] (rebuild, count, convert to conv
+//! layers). [`formats`] reads `.npy`, `.npz` and `.safetensors` tensors and stores
+//! decompositions in factors files. The `gbtd` program is behind the default `cli` feature;
+//! `default-features = false` gives the library without its command-line dependencies.
+//!
 //! Conventions:
 //! - Tensors are `ndarray::ArrayD<T>` with `T` = `f32` or `f64` ([`Real`]). Modes count from 0.
 //! - Unfolding is row-major, as in TensorLy (see [`tensor`]).

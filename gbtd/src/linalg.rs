@@ -4,8 +4,9 @@
 //! `gesvd`: for a wide matrix (`rows ≤ cols`, the usual case for an unfolding) they are the
 //! leading eigenvectors of the Gram matrix `M·Mᵀ`; for a tall matrix the thin divide-and-conquer
 //! SVD `gesdd` is used. Gram matrices come from BLAS `syrk` ([`gram`]). Symmetric eigenproblems go
-//! through LAPACK `dsytrd` + `dstemr`/`dstedc` + `dormtr` ([`sym_eig_top`]), several times faster
-//! than the `syev` behind `ndarray_linalg::Eigh` and than `dsyevr` with an index range.
+//! through LAPACK `dsytrd` + `dstemr`/`dstedc` + `dormtr` ([`sym_eig_top`]), which compute only
+//! the wanted eigenvectors, instead of the `syev` behind `ndarray_linalg::Eigh` or `dsyevr` with
+//! an index range.
 //!
 //! The LAPACK and CBLAS routines ndarray-linalg does not wrap come from `lapack-sys` and
 //! `cblas-sys` (the bindings ndarray-linalg and ndarray use); only OpenBLAS's thread control is
@@ -272,8 +273,9 @@ fn tridiagonal_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<(Vec<f64>, 
 /// LAPACK: `dsytrd` reduces `m` to tridiagonal form `QᵀMQ = T`, `dstemr` (MRRR, for few pairs)
 /// or `dstedc` (divide and conquer) solves `T`, and `dormtr` maps only the `k` wanted eigenvectors
 /// of `T` back through `Q`.
-/// This is about twice as fast as `dsyevr` with an index range (which falls back to bisection and
-/// inverse iteration) and several times faster than the `dsyev` behind `ndarray_linalg::Eigh`.
+/// This avoids `dsyevr` with an index range (which falls back to bisection and inverse
+/// iteration) and the `dsyev` behind `ndarray_linalg::Eigh` (all eigenpairs, QR iteration), both
+/// slower for this use.
 /// The computation runs in `f64` (an `f32` matrix is widened and the result narrowed), so one
 /// code path serves both element types. For a Gram matrix `M·Mᵀ` the eigenvectors are the left
 /// singular vectors of `M` and the eigenvalues its squared singular values.

@@ -21,8 +21,9 @@
 //!   the previous factors (Vannieuwenhoven et al. 2012), in the order of `modes`; cheaper, with
 //!   the same error bound `‖X − X̂‖² ≤ Σ_i Σ_{j>r_i} σ_j(X_(m_i))²`.
 //! - [`tucker`]: HOOI (higher-order orthogonal iteration, as in TensorLy's `tucker` and
-//!   `partial_tucker`, which are one function here: `modes` selects the factorized modes): each sweep sets, in order, `A_i` = leading left singular vectors
-//!   of `Y_(m_i)` with `Y = X ×_{k≠i} A_kᵀ`, then `G` = the projection. Each step maximises `‖G‖`
+//!   `partial_tucker`, which are one function here: `modes` selects the factorized modes). Each
+//!   sweep sets, in order, `A_i` = leading left singular vectors of `Y_(m_i)` with
+//!   `Y = X ×_{k≠i} A_kᵀ`, then `G` = the projection. Each step maximises `‖G‖`
 //!   over `A_i`, so the error never increases.
 //!
 //! Leading left singular vectors come from the Gram matrix `Y_(m) Y_(m)ᵀ` (BLAS `syrk`) and a

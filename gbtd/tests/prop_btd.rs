@@ -571,3 +571,38 @@ fn malformed_btd_reports_errors_instead_of_panicking() {
         assert_abs_diff_eq!(*a, *b, epsilon = 1e-12);
     }
 }
+
+/// The progress callback of the options hears every sweep, numbered from 1, with the error the
+/// convergence record keeps for it (BTD with and without acceleration, and CP-ALS).
+#[test]
+fn progress_callback_reports_every_sweep() {
+    let x = randn::<f64>(&[5, 4, 3, 3], &mut rng(21));
+    let check = |seen: Vec<(usize, f64)>, errors: &[f64], iterations: usize| {
+        assert_eq!(seen.len(), iterations);
+        assert_eq!(errors.len(), iterations + 1);
+        for (i, &(sweep, e)) in seen.iter().enumerate() {
+            assert_eq!(sweep, i + 1);
+            assert_eq!(e, errors[i + 1]);
+        }
+    };
+    for acceleration in [Acceleration::LineSearch, Acceleration::None] {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |sweep: usize, e: f64| seen.borrow_mut().push((sweep, e));
+        let opts = BtdOptions::new(2, vec![2, 2])
+            .with_modes(vec![0, 1])
+            .with_iter(iter(6, 0.0, 0))
+            .with_acceleration(acceleration)
+            .with_progress(&record);
+        let b = btd(&x.view(), &opts).unwrap();
+        drop(opts);
+        check(seen.into_inner(), &b.convergence.errors, 6);
+    }
+    let seen = std::cell::RefCell::new(Vec::new());
+    let record = |sweep: usize, e: f64| seen.borrow_mut().push((sweep, e));
+    let opts = CpOptions::new(3)
+        .with_iter(iter(5, 0.0, 0))
+        .with_progress(&record);
+    let cp = parafac(&x.view(), &opts).unwrap();
+    drop(opts);
+    check(seen.into_inner(), &cp.convergence.errors, 5);
+}

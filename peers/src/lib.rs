@@ -23,7 +23,11 @@ use std::process::Command;
 /// Path of the virtualenv's Python interpreter, or why there is none.
 pub fn python() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("GBTD_PYTHON") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            return Err(format!("GBTD_PYTHON={} does not exist", p.display()));
+        }
+        return Ok(p);
     }
     let start = Path::new(env!("CARGO_MANIFEST_DIR"));
     for dir in start.ancestors() {
