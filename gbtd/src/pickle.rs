@@ -53,7 +53,8 @@ pub enum PickleError {
     NoStop,
 }
 
-/// Bounds that keep a hostile pickle from exhausting memory or the stack.
+/// Bounds that keep a hostile pickle from exhausting memory or the stack (a node is one value,
+/// a few tens of bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Deepest nesting of containers (lists in lists ...).
@@ -63,12 +64,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits scaled to an input of `len` bytes: nesting 256, and 64 nodes per byte plus a
+    /// Limits scaled to an input of `len` bytes: nesting 256, and 8 nodes per byte with a
     /// floor of 2^20 (a node is created by at least one opcode byte except through the memo).
     pub fn for_len(len: usize) -> Self {
         Limits {
             max_depth: 256,
-            max_nodes: (len as u64).saturating_mul(64).max(1 << 20),
+            max_nodes: (len as u64).saturating_mul(8).max(1 << 20),
         }
     }
 }
