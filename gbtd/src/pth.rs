@@ -957,7 +957,13 @@ fn read_storage<R: Read + Seek>(
         what: format!("missing from the archive ({e})"),
     })?;
     check_ratio(&f, needed, file_len, name)?;
-    let mut out = Vec::new();
+    // A stored member's bytes are in the file (check_ratio): reserving them is justified. A
+    // compressed one grows with the data actually inflated.
+    let mut out = if f.compression() == zip::CompressionMethod::Stored {
+        Vec::with_capacity(needed as usize)
+    } else {
+        Vec::new()
+    };
     f.take(needed)
         .read_to_end(&mut out)
         .map_err(|e| PthError::BadStorage {
