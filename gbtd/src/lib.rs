@@ -33,6 +33,9 @@ pub mod random;
 pub mod real;
 pub mod tensor;
 pub mod tucker;
+// PyTorch checkpoints: the restricted pickle reader and the two torch.save container formats.
+pub mod pickle;
+pub mod pth;
 
 pub use decomposition::{Decomposition, Method};
 pub use error::{GbtdError, Result};

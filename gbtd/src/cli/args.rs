@@ -34,8 +34,8 @@ Examples:
   gbtd decompose w.safetensors --tensor conv.weight --method btd --terms 8 --rank 8,8 --json
   gbtd decompose x.npy --method tucker --rank 10,10,10 --max-iter 20 --tol 0 --quiet";
 
-/// Tensor decompositions (Tucker, Tucker-2, CP, block terms) of tensors in .npy, .npz and
-/// .safetensors files.
+/// Tensor decompositions (Tucker, Tucker-2, CP, block terms) of tensors in .npy, .npz,
+/// .safetensors files and PyTorch checkpoints.
 #[derive(Debug, Parser)]
 #[command(name = "gbtd", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -53,8 +53,9 @@ pub enum Command {
     /// Rebuild the tensor from a factors file written by `decompose --out`.
     #[command(after_help = "Example:\n  gbtd reconstruct k.safetensors --out k_hat.npy")]
     Reconstruct(ReconstructArgs),
-    /// List the tensors of a .npy, .npz or .safetensors file (name, dtype, shape) and its metadata.
-    #[command(after_help = "Example:\n  gbtd info resnet50.safetensors")]
+    /// List the tensors of a .npy, .npz, .safetensors file or PyTorch checkpoint (name, dtype,
+    /// shape) and its metadata.
+    #[command(after_help = "Examples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth")]
     Info(InfoArgs),
 }
 
@@ -94,7 +95,7 @@ pub enum DtypeArg {
 /// Arguments of `gbtd decompose`.
 #[derive(Debug, Args)]
 pub struct DecomposeArgs {
-    /// Input tensor file (.npy, .npz or .safetensors).
+    /// Input tensor file (.npy, .npz, .safetensors, or a PyTorch checkpoint .pth/.pt/.bin/.ckpt).
     pub input: PathBuf,
     /// Name of the tensor in a .npz or .safetensors file holding several.
     #[arg(long, value_name = "NAME")]
@@ -153,7 +154,7 @@ pub struct ReconstructArgs {
 /// Arguments of `gbtd info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// A .npy, .npz or .safetensors file.
+    /// A .npy, .npz, .safetensors file or a PyTorch checkpoint (.pth, .pt, .bin, .ckpt).
     pub file: PathBuf,
 }
 

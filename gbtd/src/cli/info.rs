@@ -31,6 +31,7 @@ fn print(
         Format::Npy => "npy",
         Format::Npz => "npz",
         Format::Safetensors => "safetensors",
+        Format::Pth => "PyTorch checkpoint",
     };
     let n = tensors.len();
     writeln!(

@@ -39,6 +39,7 @@ use crate::real::Real;
 use crate::tensor::validate_tensor;
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod factors;
 pub mod npy;
 pub mod npz;
@@ -153,6 +154,9 @@ pub enum Format {
     Npz,
     /// Hugging Face `.safetensors`: named tensors and string metadata.
     Safetensors,
+    /// A PyTorch checkpoint written by `torch.save` (`.pth`, `.pt`, `.bin`, `.ckpt`; zip or
+    /// legacy format), read without running its pickled code.
+    Pth,
 }
 
 impl Format {
@@ -166,9 +170,10 @@ impl Format {
             Some("npy") => Ok(Format::Npy),
             Some("npz") => Ok(Format::Npz),
             Some("safetensors") => Ok(Format::Safetensors),
+            Some("pth" | "pt" | "bin" | "ckpt") => Ok(Format::Pth),
             _ => Err(IoError::UnknownFormat {
                 path: path.to_path_buf(),
-                expected: ".npy, .npz or .safetensors",
+                expected: ".npy, .npz, .safetensors or a PyTorch checkpoint (.pth, .pt, .bin, .ckpt)",
             }),
         }
     }
@@ -288,6 +293,7 @@ pub fn list_tensors(path: &Path) -> IoResult<Vec<TensorInfo>> {
         Format::Npy => Ok(vec![npy::header_info(path)?]),
         Format::Npz => npz::list(path),
         Format::Safetensors => safetensors::list(path),
+        Format::Pth => checkpoint::list(path),
     }
 }
 
@@ -308,6 +314,7 @@ pub fn read_tensor(path: &Path, name: Option<&str>) -> IoResult<NamedTensor> {
         }
         Format::Npz => npz::read(path, name)?,
         Format::Safetensors => safetensors::read(path, name)?,
+        Format::Pth => checkpoint::read(path, name)?,
     };
     let what = if t.name.is_empty() {
         "the array".to_string()
