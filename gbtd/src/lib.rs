@@ -18,6 +18,7 @@ pub mod generalized;
 pub mod io;
 pub mod layers;
 pub mod linalg;
+pub mod openblas;
 pub mod options;
 pub mod parallel;
 #[doc(hidden)]

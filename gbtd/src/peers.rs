@@ -25,7 +25,10 @@ pub fn python() -> Result<PathBuf, String> {
 /// error holding its standard error.
 pub fn run_python(script: &str, args: &[&str]) -> Result<String, String> {
     let py = python()?;
-    let out = Command::new(&py)
+    let mut cmd = Command::new(&py);
+    // numpy chooses its own OpenBLAS kernels unless the user set them.
+    crate::openblas::coretype::remove_own_coretype(&mut cmd);
+    let out = cmd
         .arg("-c")
         .arg(script)
         .args(args)

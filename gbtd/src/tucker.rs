@@ -54,7 +54,7 @@
 //! - A product on the last storage axis is computed as `Aᵀ · Xᵀ` with the rank axis stored first,
 //!   the faster way round for OpenBLAS's packing (the layout records each storage axis's mode).
 //! - Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with
-//!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]). Their medium products over
+//!   OpenBLAS on one thread ([`crate::openblas::SingleThreadedBlas`]). Their medium products over
 //!   `X` go in 512-column BLAS calls, and their Gram matrices are sums over fixed pieces of the
 //!   contracted index, both shared out over [`crate::parallel`]. Each output entry comes from the same
 //!   calls whatever the thread count, so the factors are bitwise the same at 1 or 2 threads
@@ -67,9 +67,10 @@ use ndarray_linalg::QRInto;
 
 use crate::error::{GbtdError, Result};
 use crate::linalg::{
-    SMALL_BLAS_WORK, SingleThreadedBlas, WarmEig, leading_left_singular_vectors, mirror_lower,
-    psd_eig_top_warm, sym_eig_top, syrk_lower, trace_gap,
+    SMALL_BLAS_WORK, WarmEig, leading_left_singular_vectors, mirror_lower, psd_eig_top_warm, sym_eig_top,
+    syrk_lower, trace_gap,
 };
+use crate::openblas::SingleThreadedBlas;
 use crate::options::{Convergence, Init, IterOptions, validate_given, validate_ranks};
 use crate::parallel::map_items;
 use crate::random::{randn2, rng};
@@ -609,7 +610,7 @@ const CHUNK: usize = 512;
 /// on 2 threads 0.39 ms; [`CHUNK`]-column calls on one thread 0.46 ms; the chunks shared out over
 /// two pool threads 0.24 ms. (OpenBLAS's idle workers spin for about 0.1 s after it loads and
 /// after each threaded call, competing with these threads: see
-/// [`crate::linalg::allow_blas_parking`].)
+/// [`crate::openblas::ThreadPolicy::parking`].)
 fn split(work: f64) -> bool {
     (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work)
 }
