@@ -345,6 +345,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // OpenBLAS (linked through gbtd) with kernels matching the CPU: may run netgen again with
+    // OPENBLAS_CORETYPE set, when OpenBLAS's detection fell back to older ones.
+    let json = matches!(&cli.cmd, Some(Cmd::Emit(a)) if a.json) || (cli.cmd.is_none() && cli.emit.json);
+    gbtd::openblas::ensure_kernels_match_cpu("netgen", !json);
     let result = match &cli.cmd {
         Some(Cmd::Presets) => Ok(list_presets()),
         Some(Cmd::Emit(args)) => emit(args),

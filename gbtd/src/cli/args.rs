@@ -14,7 +14,11 @@ Examples:
   gbtd reconstruct k.safetensors --out k_hat.npy
 
 Files: .npy (one array), .npz (--tensor NAME unless it holds one array), .safetensors (--tensor NAME
-unless it holds one tensor). Conv kernels use the PyTorch layout (out, in, kh, kw).";
+unless it holds one tensor). Conv kernels use the PyTorch layout (out, in, kh, kw).
+
+Environment: OPENBLAS_NUM_THREADS is the default of --threads (capped by the CPUs). When OpenBLAS's
+own detection falls back to kernels older than the CPU's instruction set (AVX2, AVX-512), gbtd runs
+itself again with OPENBLAS_CORETYPE set to matching ones and says so; set OPENBLAS_CORETYPE to choose.";
 
 const DECOMPOSE_HELP: &str = "\
 Methods and ranks (ranks are listed in the order of the factorized modes):
