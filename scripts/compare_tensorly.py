@@ -250,6 +250,7 @@ def find_gbtd():
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured, also in a log file
     gbtd = find_gbtd()
     workdir = ARGS.workdir or tempfile.mkdtemp(prefix="gbtd-vs-tensorly-")
     os.makedirs(workdir, exist_ok=True)

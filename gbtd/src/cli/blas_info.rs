@@ -1,6 +1,8 @@
 //! `gbtd blas-info` (hidden): the OpenBLAS kernels and threads this process runs with, and why.
 //! Runs after the start-up kernel choice and inside the CLI's thread policy, so it reports what a
 //! `decompose` with the same environment and `--threads` gets.
+use std::io::Write;
+
 use anyhow::Result;
 use gbtd::openblas::coretype::{self, CpuFeatures, Decision, Keep};
 use gbtd::openblas::{ThreadPolicy, ffi};
@@ -9,6 +11,7 @@ use super::args::BlasInfoArgs;
 
 /// Prints the report.
 pub fn run(a: &BlasInfoArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let decision = coretype::detect();
     let chosen = match &decision {
         Decision::Keep(Keep::SetByGbtd(v)) => Some(v.clone()),
@@ -16,7 +19,7 @@ pub fn run(a: &BlasInfoArgs) -> Result<()> {
     };
     if a.coretype {
         if let Some(c) = &chosen {
-            println!("{c}");
+            writeln!(out, "{c}")?;
         }
         return Ok(());
     }
@@ -41,10 +44,11 @@ pub fn run(a: &BlasInfoArgs) -> Result<()> {
             "openblas_threads": openblas_threads,
             "parks_idle_workers": parking,
         });
-        println!("{v}");
+        writeln!(out, "{v}")?;
     } else {
-        println!("OpenBLAS kernels:   {core} ({})", decision.describe());
-        println!(
+        writeln!(out, "OpenBLAS kernels:   {core} ({})", decision.describe())?;
+        writeln!(
+            out,
             "CPU features:       {} (best OpenBLAS family: {})",
             if feature_names.is_empty() {
                 "-".to_string()
@@ -52,11 +56,12 @@ pub fn run(a: &BlasInfoArgs) -> Result<()> {
                 feature_names.join(" ")
             },
             best.unwrap_or("not x86-64")
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "threads:            {threads} (OpenBLAS: {openblas_threads}; idle workers parked: {})",
             if parking { "yes" } else { "no" }
-        );
+        )?;
     }
     Ok(())
 }
