@@ -1,6 +1,7 @@
-//! Shows what `gbtd::linalg::allow_blas_parking` does: the number of threads of this process and
-//! the CPU time they burn while the main thread sleeps, inside and after a `SingleThreadedBlas`
-//! scope. Without parking, OpenBLAS's idle worker keeps spinning inside the scope for a while.
+//! Shows what `gbtd::openblas::ThreadPolicy::parking` does: the number of threads of this process
+//! and the CPU time they burn while the main thread sleeps, inside and after a
+//! `SingleThreadedBlas` scope (under a policy of `OPENBLAS_NUM_THREADS` threads). Without parking,
+//! OpenBLAS's idle worker keeps spinning inside the scope for a while.
 //!
 //! `OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example blas_parking [-- park]`
 use std::time::Duration;
@@ -28,12 +29,14 @@ fn idle_cpu(label: &str) {
 }
 
 fn main() {
+    let mut policy = gbtd::openblas::ThreadPolicy::from_env();
     if std::env::args().nth(1).as_deref() == Some("park") {
         // SAFETY: this process makes no BLAS call from another thread.
-        unsafe { gbtd::linalg::allow_blas_parking() };
+        policy = unsafe { policy.parking() };
     }
+    let _scope = policy.enter();
     {
-        let _single = gbtd::linalg::SingleThreadedBlas::new();
+        let _single = gbtd::openblas::SingleThreadedBlas::new();
         idle_cpu("inside a SingleThreadedBlas scope");
     }
     idle_cpu("after it");

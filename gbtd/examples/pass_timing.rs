@@ -34,9 +34,11 @@ fn main() {
     });
     let a = Array2::<f64>::from_shape_fn((100, 10), |(i, j)| ((i * 13 + j * 7) % 17) as f64);
     let mut out = Array2::<f64>::zeros((10, 10_000));
-    let threads = gbtd::linalg::blas_parallelism();
+    let threads = gbtd::openblas::default_threads();
+    // As the gbtd CLI does: OpenBLAS on `threads` threads, and one-thread scopes take effect.
+    let _scope = gbtd::openblas::ThreadPolicy::new(threads).enter();
     let one_call = best_of(|| general_mat_mul(1.0, &a.t(), &x, 0.0, &mut out));
-    let _single = gbtd::linalg::SingleThreadedBlas::new();
+    let _single = gbtd::openblas::SingleThreadedBlas::new();
     let chunks_one_thread = best_of(|| chunked(&a.view(), &x.view(), out.view_mut()));
     let per = 10_000usize.div_ceil(512).div_ceil(threads) * 512;
     let chunks_split = best_of(|| {

@@ -12,8 +12,8 @@ use gbtd::cp::{CpOptions, parafac};
 use gbtd::tucker::{TuckerOptions, tucker};
 
 fn main() -> Result<()> {
-    // As the `gbtd` CLI does (all BLAS calls come from the decompositions below).
-    unsafe { gbtd::linalg::allow_blas_parking() };
+    // As the `gbtd` CLI does. SAFETY: all BLAS calls come from the decompositions below.
+    let _scope = unsafe { gbtd::openblas::ThreadPolicy::from_env().parking() }.enter();
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         bail!("usage: sweep_times X.npy tucker|tucker2|cp RANK SWEEPS [REPS]");

@@ -30,7 +30,7 @@
 //!   factors serves the last modes. A sweep reads `X` twice whatever `N` is.
 //!
 //! Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with OpenBLAS on
-//! one thread ([`crate::linalg::SingleThreadedBlas`]); the order-3 strategy's products with `X` are
+//! one thread ([`crate::openblas::SingleThreadedBlas`]); the order-3 strategy's products with `X` are
 //! shared out over [`crate::parallel`] (the layout-and-BLAS engine shared with [`crate::tucker`]).
 //!
 //! The error `‖X − X̂‖² = ‖X‖² − 2⟨X, X̂⟩ + ‖X̂‖²` is computed without `X̂`, as TensorLy does:
@@ -52,7 +52,8 @@ use rand::Rng as _;
 
 use crate::error::{GbtdError, Result};
 use crate::layout::{InputLayouts, Laid, sq_norm};
-use crate::linalg::{SingleThreadedBlas, solve_sym_right};
+use crate::linalg::solve_sym_right;
+use crate::openblas::SingleThreadedBlas;
 use crate::options::{Convergence, Init, IterOptions, Progress, iterative_setters, validate_given};
 use crate::random::{randn2, rng};
 use crate::real::Real;

@@ -21,7 +21,8 @@ use ndarray::{
 };
 
 use crate::error::{GbtdError, Result};
-use crate::linalg::{SMALL_BLAS_WORK, SingleThreadedBlas, mirror_lower, syrk_lower};
+use crate::linalg::{SMALL_BLAS_WORK, mirror_lower, syrk_lower};
+use crate::openblas::SingleThreadedBlas;
 use crate::parallel::map_items;
 use crate::real::Real;
 

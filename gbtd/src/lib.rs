@@ -27,6 +27,7 @@ pub mod generalized;
 pub mod layers;
 mod layout;
 pub mod linalg;
+pub mod openblas;
 pub mod options;
 pub mod parallel;
 pub mod random;

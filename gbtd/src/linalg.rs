@@ -9,12 +9,11 @@
 //! an index range.
 //!
 //! The LAPACK and CBLAS routines ndarray-linalg does not wrap come from `lapack-sys` and
-//! `cblas-sys` (the bindings ndarray-linalg and ndarray use); only OpenBLAS's thread control is
-//! declared here. All resolve to the OpenBLAS the crate already links.
-//! [`SingleThreadedBlas`] keeps OpenBLAS on one thread for small problems.
+//! `cblas-sys` (the bindings ndarray-linalg and ndarray use); they resolve to the OpenBLAS the
+//! crate already links. OpenBLAS's own API (thread count, kernel choice) is used only in
+//! [`crate::openblas`].
 use std::any::TypeId;
 use std::os::raw::{c_char, c_int};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO, cblas_dsyrk, cblas_ssyrk};
 use lapack_sys::{dormtr_, dstedc_, dstemr_, dsytrd_};
@@ -23,6 +22,7 @@ use ndarray::{Array1, Array2, ArrayView2, ShapeBuilder, s};
 use ndarray_linalg::{JobSvd, QRInto, SVDDC};
 
 use crate::error::{GbtdError, Result};
+use crate::openblas::SingleThreadedBlas;
 use crate::real::Real;
 
 /// The `k` leading left singular vectors `U` (`rows × k`, orthonormal columns, in decreasing
@@ -504,102 +504,8 @@ pub fn mirror_lower<T: Real>(c: &mut Array2<T>) {
     }
 }
 
-unsafe extern "C" {
-    // Thread control of the linked OpenBLAS.
-    fn openblas_get_num_threads() -> c_int;
-    fn openblas_set_num_threads(num_threads: c_int);
-    // Joins OpenBLAS's worker threads; `openblas_set_num_threads` or a threaded call starts them
-    // again (the routine behind OpenBLAS's own fork handler).
-    fn blas_thread_shutdown_() -> c_int;
-}
-
-/// Whether [`SingleThreadedBlas`] also joins OpenBLAS's idle workers (see [`allow_blas_parking`]).
-static PARKING: AtomicBool = AtomicBool::new(false);
-
-/// From now on, whenever a [`SingleThreadedBlas`] guard switches OpenBLAS to one thread, it also
-/// joins OpenBLAS's idle worker threads; the guard's drop restores the thread count, and OpenBLAS
-/// then starts them again.
-///
-/// OpenBLAS's idle workers spin (`sched_yield`) for up to about 0.1 s after BLAS activity before
-/// they sleep, a whole small decomposition long, and switching OpenBLAS to one thread does not
-/// stop them: inside a fresh `SingleThreadedBlas` scope the worker still burnt 0.01–0.05 s of CPU
-/// while the process slept 0.3 s, against none when parked (`examples/blas_parking.rs`). A
-/// decomposition running on one BLAS thread plus threads of its own would share the cores with
-/// it. Joining the workers is what OpenBLAS's own fork handler does (`blas_thread_shutdown_`).
-///
-/// # Safety
-/// While a guard is being created, no other thread may be inside a BLAS or LAPACK call or start
-/// one. The `gbtd` CLI calls this first thing in `main` and makes all its BLAS calls from the
-/// decomposition itself; a library user that calls BLAS from several threads must not.
-pub unsafe fn allow_blas_parking() {
-    PARKING.store(true, Ordering::SeqCst);
-}
-
 /// Below this many floating-point operations per BLAS call, a threaded OpenBLAS call is slower
-/// than a single-threaded one on small machines: every call pays a thread hand-off.
+/// than a single-threaded one on small machines: every call pays a thread hand-off. Inside a
+/// [`crate::openblas::ThreadPolicy`], decompositions whose products stay below it run with
+/// OpenBLAS on one thread.
 pub const SMALL_BLAS_WORK: f64 = 2e8;
-
-/// While alive, keeps OpenBLAS on one thread; the previous thread count comes back on drop.
-///
-/// Decompositions of small tensors make thousands of small BLAS calls (skinny products, the
-/// BLAS-2 steps of small eigenproblems), each of which pays a thread hand-off when threaded; on a
-/// 2-core machine that made HOOI of a 100³ tensor twice slower. The thread count is process-wide:
-/// BLAS calls made meanwhile by other threads also run single-threaded (same results, only their
-/// speed changes).
-#[derive(Debug)]
-pub struct SingleThreadedBlas {
-    previous: c_int,
-}
-
-impl SingleThreadedBlas {
-    /// Limits OpenBLAS to one thread until the returned guard is dropped.
-    pub fn new() -> Self {
-        // SAFETY: plain getters/setters of OpenBLAS's global thread count.
-        let previous = unsafe { openblas_get_num_threads() };
-        if previous > 1 {
-            unsafe { openblas_set_num_threads(1) };
-            if PARKING.load(Ordering::SeqCst) {
-                // SAFETY: `allow_blas_parking`'s caller guarantees that no other BLAS call is in
-                // flight; the routine only joins the (now idle) workers.
-                unsafe { blas_thread_shutdown_() };
-            }
-        }
-        SingleThreadedBlas { previous }
-    }
-
-    /// A guard if `work` (floating-point operations of the typical BLAS call) is below
-    /// [`SMALL_BLAS_WORK`], else `None` (OpenBLAS keeps its thread count).
-    pub fn for_work(work: f64) -> Option<Self> {
-        (work < SMALL_BLAS_WORK).then(Self::new)
-    }
-}
-
-/// The number of threads this process lets BLAS work use: the hardware parallelism, capped by
-/// `OPENBLAS_NUM_THREADS` when set. Read once, so that every decision based on it (and hence
-/// every result) is the same for the whole process.
-pub fn blas_parallelism() -> usize {
-    static P: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *P.get_or_init(|| {
-        let hw = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let env = std::env::var("OPENBLAS_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0);
-        env.map_or(hw, |e| e.min(hw)).max(1)
-    })
-}
-
-impl Default for SingleThreadedBlas {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for SingleThreadedBlas {
-    fn drop(&mut self) {
-        if self.previous > 1 {
-            // SAFETY: see `new`.
-            unsafe { openblas_set_num_threads(self.previous) };
-        }
-    }
-}

@@ -8,9 +8,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use gbtd::openblas::{ThreadPolicy, default_threads, ensure_kernels_match_cpu};
 
 mod cli {
     pub mod args;
+    pub mod blas_info;
     pub mod decompose;
     pub mod info;
     pub mod reconstruct;
@@ -19,18 +21,37 @@ mod cli {
 
 use cli::args::{Cli, Command};
 
+/// Whether a command does BLAS work (`Some`), and then whether it may say on standard error that
+/// it switched OpenBLAS's kernels (not with `--quiet` or `--json`).
+fn blas_work(command: &Command) -> Option<bool> {
+    match command {
+        Command::Decompose(a) => Some(!a.quiet && !a.json),
+        Command::Reconstruct(a) => Some(!a.quiet),
+        Command::BlasInfo(_) => Some(false),
+        Command::Info(_) => None,
+    }
+}
+
 fn main() -> ExitCode {
-    // SAFETY: every BLAS call of this process is made by the decomposition it runs (see
-    // `allow_blas_parking`).
-    unsafe { gbtd::linalg::allow_blas_parking() };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return cli::args::usage_error(e),
     };
+    // OpenBLAS kernels that match the CPU's instruction set: may run this program again with
+    // OPENBLAS_CORETYPE set (see `gbtd::openblas::coretype`), before anything else happens.
+    if let Some(announce) = blas_work(&cli.command) {
+        ensure_kernels_match_cpu("gbtd", announce);
+    }
+    let threads = cli.threads.map_or_else(default_threads, usize::from);
+    // SAFETY: every BLAS call of this process is made by the command below, on this thread or on
+    // gbtd's own workers.
+    let policy = unsafe { ThreadPolicy::new(threads).parking() };
+    let _scope = policy.enter();
     let result = match &cli.command {
         Command::Decompose(a) => cli::decompose::run(a),
         Command::Reconstruct(a) => cli::reconstruct::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::BlasInfo(a) => cli::blas_info::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,7 +53,7 @@
 //!   this replaces most tridiagonalisations after the first sweeps; a flat spectrum (a random
 //!   kernel) never attempts it after the first sweep.
 //! - Small problems (below [`crate::linalg::SMALL_BLAS_WORK`] flops per product) run with
-//!   OpenBLAS on one thread ([`crate::linalg::SingleThreadedBlas`]). Their medium products over
+//!   OpenBLAS on one thread ([`crate::openblas::SingleThreadedBlas`]). Their medium products over
 //!   `X` go in 512-column BLAS calls, and their Gram matrices are sums over fixed pieces of the
 //!   contracted index, both shared out over [`crate::parallel`]. Each output entry comes from the same
 //!   calls whatever the thread count, so the factors are bitwise the same at 1 or 2 threads
@@ -63,9 +63,8 @@ use ndarray_linalg::QRInto;
 
 use crate::error::{GbtdError, Result};
 use crate::layout::{InputLayouts, Laid, sq_norm};
-use crate::linalg::{
-    SingleThreadedBlas, WarmEig, leading_left_singular_vectors, psd_eig_top_warm, sym_eig_top, trace_gap,
-};
+use crate::linalg::{WarmEig, leading_left_singular_vectors, psd_eig_top_warm, sym_eig_top, trace_gap};
+use crate::openblas::SingleThreadedBlas;
 use crate::options::{
     Convergence, Init, IterOptions, Progress, iterative_setters, validate_given, validate_ranks,
 };

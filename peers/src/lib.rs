@@ -89,7 +89,16 @@ pub fn available(test: &str) -> bool {
 /// error holding its standard error.
 pub fn run_python(script: &str, args: &[&str]) -> Result<String, String> {
     let py = python()?;
-    let out = Command::new(&py)
+    let mut cmd = Command::new(&py);
+    // When gbtd chose OPENBLAS_CORETYPE for this process (it then sets GBTD_OPENBLAS_CORETYPE to
+    // the same value; see `gbtd::openblas::coretype`), numpy's own OpenBLAS makes its own choice.
+    if let Ok(marker) = std::env::var("GBTD_OPENBLAS_CORETYPE") {
+        if std::env::var("OPENBLAS_CORETYPE").is_ok_and(|v| v == marker) {
+            cmd.env_remove("OPENBLAS_CORETYPE");
+        }
+        cmd.env_remove("GBTD_OPENBLAS_CORETYPE");
+    }
+    let out = cmd
         .arg("-c")
         .arg(script)
         .args(args)

@@ -14,7 +14,11 @@ Examples:
   gbtd reconstruct k.safetensors --out k_hat.npy
 
 Files: .npy (one array), .npz (--tensor NAME unless it holds one array), .safetensors (--tensor NAME
-unless it holds one tensor). Conv kernels use the PyTorch layout (out, in, kh, kw).";
+unless it holds one tensor). Conv kernels use the PyTorch layout (out, in, kh, kw).
+
+Environment: OPENBLAS_NUM_THREADS is the default of --threads (capped by the CPUs). When OpenBLAS's
+own detection falls back to kernels older than the CPU's instruction set (AVX2, AVX-512), gbtd runs
+itself again with OPENBLAS_CORETYPE set to matching ones and says so; set OPENBLAS_CORETYPE to choose.";
 
 const DECOMPOSE_HELP: &str = "\
 Methods and ranks (ranks are listed in the order of the factorized modes):
@@ -34,6 +38,12 @@ Examples:
   gbtd decompose w.safetensors --tensor conv.weight --method btd --terms 8 --rank 8,8 --json
   gbtd decompose x.npy --method tucker --rank 10,10,10 --max-iter 20 --tol 0 --quiet";
 
+const BLAS_INFO_EXAMPLES: &str = "\
+Examples:
+  gbtd blas-info
+  gbtd blas-info --json --threads 2
+  gbtd blas-info --coretype      the OPENBLAS_CORETYPE gbtd chose for this CPU (empty if none)";
+
 /// Tensor decompositions (Tucker, Tucker-2, CP, block terms) of tensors in .npy, .npz,
 /// .safetensors files and PyTorch checkpoints.
 #[derive(Debug, Parser)]
@@ -42,6 +52,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Threads for OpenBLAS and gbtd's own workers, even above the number of CPUs [default:
+    /// OPENBLAS_NUM_THREADS capped by the CPUs, else the CPUs]. Factors do not depend on it.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 /// The subcommands.
@@ -57,6 +71,9 @@ pub enum Command {
     /// shape) and its metadata.
     #[command(after_help = "Examples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth")]
     Info(InfoArgs),
+    /// Which OpenBLAS kernels and how many threads gbtd runs with, and why.
+    #[command(hide = true, after_help = BLAS_INFO_EXAMPLES)]
+    BlasInfo(BlasInfoArgs),
 }
 
 /// `--method`.
@@ -156,6 +173,17 @@ pub struct ReconstructArgs {
 pub struct InfoArgs {
     /// A .npy, .npz, .safetensors file or a PyTorch checkpoint (.pth, .pt, .bin, .ckpt).
     pub file: PathBuf,
+}
+
+/// Arguments of `gbtd blas-info`.
+#[derive(Debug, Args)]
+pub struct BlasInfoArgs {
+    /// Print one JSON object.
+    #[arg(long, conflicts_with = "coretype")]
+    pub json: bool,
+    /// Print only the OPENBLAS_CORETYPE that gbtd chose for this CPU (nothing if it chose none).
+    #[arg(long)]
+    pub coretype: bool,
 }
 
 /// Reports a command-line parsing error on one line (`error: ...`) and returns exit status 2;
