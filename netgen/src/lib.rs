@@ -4,3 +4,4 @@ pub mod arch;
 pub mod count;
 pub mod nn;
 pub mod table;
+pub mod train;
