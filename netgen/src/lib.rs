@@ -2,6 +2,7 @@
 pub use tch;
 pub mod arch;
 pub mod count;
+pub mod data;
 pub mod nn;
 pub mod table;
 pub mod train;
