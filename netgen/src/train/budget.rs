@@ -19,7 +19,11 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
         return Err(err());
     }
     if let Ok(v) = t.parse::<f64>() {
-        return if v.is_finite() && v > 0.0 { Ok(v) } else { Err(err()) };
+        return if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(err())
+        };
     }
     let mut total = 0.0;
     let mut num = String::new();
@@ -38,7 +42,7 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
         total += v * unit;
         num.clear();
     }
-    if !num.is_empty() || !(total.is_finite() && total > 0.0) {
+    if !(num.is_empty() && total.is_finite() && total > 0.0) {
         return Err(err());
     }
     Ok(total)
@@ -54,7 +58,15 @@ pub fn evals_in(total: u64, per_epoch: u64) -> u64 {
 /// The total steps that fit: `done` steps are taken, `left` seconds remain, a step costs `step_s`,
 /// an evaluation `eval_s`; evaluations already made are excluded (`done_evals`). At least
 /// `done + 1`, at most `cap` when given.
-pub fn fit_steps(left: f64, step_s: f64, eval_s: f64, per_epoch: u64, done: u64, done_evals: u64, cap: Option<u64>) -> u64 {
+pub fn fit_steps(
+    left: f64,
+    step_s: f64,
+    eval_s: f64,
+    per_epoch: u64,
+    done: u64,
+    done_evals: u64,
+    cap: Option<u64>,
+) -> u64 {
     let step_s = step_s.max(1e-9);
     // cost(T) = (T − done)·step_s + (evaluations still to come)·eval_s is non-decreasing in T, so
     // the largest T with cost(T) ≤ left is found by bisection.

@@ -109,7 +109,11 @@ impl View for &CpuView {
 }
 
 /// Writes named tensors to `path` atomically, with `metadata` in the safetensors header.
-pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+pub fn save_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let views: Vec<(String, CpuView)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), CpuView::new(t)?)))
@@ -177,11 +181,12 @@ impl LoopState {
     /// Reads the `meta.*` tensors of a state file.
     pub fn from_tensors(named: &[(String, Tensor)], path: &Path) -> Result<Self> {
         let get = |k: &str| -> Result<&Tensor> {
-            named
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, t)| t)
-                .ok_or_else(|| io_err(path, format!("missing {k}; the file is not a netgen training state")))
+            named.iter().find(|(n, _)| n == k).map(|(_, t)| t).ok_or_else(|| {
+                io_err(
+                    path,
+                    format!("missing {k}; the file is not a netgen training state"),
+                )
+            })
         };
         let i = |k: &str| -> Result<u64> { Ok(get(k)?.int64_value(&[0]) as u64) };
         let f = |k: &str| -> Result<f64> { Ok(get(k)?.double_value(&[0])) };

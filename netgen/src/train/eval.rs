@@ -25,9 +25,10 @@ pub struct EvalResult {
 fn batch_sums(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor, Tensor) {
     let classes = logits.size()[1];
     let k = classes.min(5);
-    let loss = logits
-        .to_kind(Kind::Float)
-        .cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0);
+    let loss =
+        logits
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0);
     let (_, top) = logits.topk(k, 1, true, true);
     let hit = top.eq_tensor(&labels.unsqueeze(1));
     let top1 = hit.narrow(1, 0, 1).sum(Kind::Int64);

@@ -24,7 +24,10 @@ const FONT_CANDIDATES: &[&str] = &[
 fn font_ready() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();
     *READY.get_or_init(|| {
-        let mut paths: Vec<PathBuf> = std::env::var_os("NETGEN_FONT").map(PathBuf::from).into_iter().collect();
+        let mut paths: Vec<PathBuf> = std::env::var_os("NETGEN_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
         paths.extend(FONT_CANDIDATES.iter().map(PathBuf::from));
         for p in paths {
             if let Ok(bytes) = std::fs::read(&p) {
@@ -43,7 +46,9 @@ fn font_ready() -> bool {
 /// was found (the curves are then drawn without labels).
 pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<bool> {
     let text = font_ready();
-    write_atomic(path, |tmp| draw_to(tmp, rows, title, text).map_err(|e| e.to_string()))?;
+    write_atomic(path, |tmp| {
+        draw_to(tmp, rows, title, text).map_err(|e| e.to_string())
+    })?;
     Ok(text)
 }
 
@@ -90,8 +95,16 @@ fn draw_into(pixels: &mut [u8], rows: &[Row], title: &str, text: bool) -> DrawRe
         x_range.clone(),
         0.0..max_loss * 1.05,
         &[
-            ("train loss", RED, rows.iter().map(|r| (r.epoch, r.train_loss)).collect()),
-            ("test loss", BLUE, rows.iter().map(|r| (r.epoch, r.test_loss)).collect()),
+            (
+                "train loss",
+                RED,
+                rows.iter().map(|r| (r.epoch, r.train_loss)).collect(),
+            ),
+            (
+                "test loss",
+                BLUE,
+                rows.iter().map(|r| (r.epoch, r.test_loss)).collect(),
+            ),
         ],
         text,
     )?;
@@ -108,8 +121,16 @@ fn draw_into(pixels: &mut [u8], rows: &[Row], title: &str, text: bool) -> DrawRe
         x_range,
         lo..100.0,
         &[
-            ("train top-1", RED, rows.iter().map(|r| (r.epoch, r.train_acc)).collect()),
-            ("test top-1", BLUE, rows.iter().map(|r| (r.epoch, r.test_top1)).collect()),
+            (
+                "train top-1",
+                RED,
+                rows.iter().map(|r| (r.epoch, r.train_acc)).collect(),
+            ),
+            (
+                "test top-1",
+                BLUE,
+                rows.iter().map(|r| (r.epoch, r.test_top1)).collect(),
+            ),
         ],
         text,
     )?;

@@ -85,13 +85,18 @@ impl Schedule {
                     .parse::<f64>()
                     .ok()
                     .filter(|e| e.is_finite() && *e > 0.0)
-                    .ok_or_else(|| format!("--schedule: '{t}' is not a positive epoch number (e.g. step:30,60)"))
+                    .ok_or_else(|| {
+                        format!("--schedule: '{t}' is not a positive epoch number (e.g. step:30,60)")
+                    })
             })
             .collect::<Result<Vec<f64>, String>>()?;
         if milestones.windows(2).any(|w| w[1] <= w[0]) {
             return Err(format!("--schedule: milestones must increase, got {list}"));
         }
-        Ok(Self::Step { milestones, gamma: 0.1 })
+        Ok(Self::Step {
+            milestones,
+            gamma: 0.1,
+        })
     }
 
     /// The paper's plateau rule: × 0.1 after 2 evaluations without a 0.05-point gain.

@@ -85,7 +85,10 @@ impl Sgd {
                 return 0.0;
             }
             let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(tch::Kind::Float)).collect();
-            let norm = Tensor::stack(&sq, 0).sum(tch::Kind::Float).sqrt().double_value(&[]);
+            let norm = Tensor::stack(&sq, 0)
+                .sum(tch::Kind::Float)
+                .sqrt()
+                .double_value(&[]);
             let coef = max_norm / (norm + 1e-6);
             if coef < 1.0 {
                 for g in &grads {
@@ -114,7 +117,11 @@ impl Sgd {
                 let d = if mu != 0.0 {
                     let _ = buf.g_mul_scalar_(mu);
                     let _ = buf.g_add_(&g);
-                    if nesterov { g + &*buf * mu } else { buf.shallow_clone() }
+                    if nesterov {
+                        g + &*buf * mu
+                    } else {
+                        buf.shallow_clone()
+                    }
                 } else {
                     g
                 };
@@ -140,7 +147,11 @@ impl Sgd {
                 return Err(format!("no momentum buffer for {n}"));
             };
             if t.size() != b.size() {
-                return Err(format!("momentum buffer {n}: shape {:?}, parameter {:?}", t.size(), b.size()));
+                return Err(format!(
+                    "momentum buffer {n}: shape {:?}, parameter {:?}",
+                    t.size(),
+                    b.size()
+                ));
             }
             tch::no_grad(|| b.copy_(&t.to_device(b.device()).to_kind(b.kind())));
         }
@@ -156,9 +167,16 @@ mod tests {
     /// The update rule written out with plain f64 arithmetic, against the tensor implementation.
     #[test]
     fn nesterov_with_decay_matches_scalar_formula() {
-        let w = Tensor::from_slice(&[0.5f64, -1.0, 2.0, 0.25]).reshape([2, 2]).set_requires_grad(true);
+        let w = Tensor::from_slice(&[0.5f64, -1.0, 2.0, 0.25])
+            .reshape([2, 2])
+            .set_requires_grad(true);
         let b = Tensor::from_slice(&[0.3f64, -0.7]).set_requires_grad(true);
-        let mut opt = Sgd::new(vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())], 0.9, true, 0.1);
+        let mut opt = Sgd::new(
+            vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())],
+            0.9,
+            true,
+            0.1,
+        );
         assert_eq!(opt.decays("w"), Some(true));
         assert_eq!(opt.decays("b"), Some(false));
         let gw = [0.1f64, 0.2, -0.3, 0.4];
@@ -209,7 +227,9 @@ mod tests {
     fn clipping_bounds_the_global_norm() {
         let w = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let mut opt = Sgd::new(vec![("w".into(), w.shallow_clone())], 0.0, false, 0.0);
-        (&w * Tensor::from_slice(&[3.0f32, 4.0, 0.0])).sum(Kind::Float).backward();
+        (&w * Tensor::from_slice(&[3.0f32, 4.0, 0.0]))
+            .sum(Kind::Float)
+            .backward();
         let n = opt.clip_grad_norm(1.0);
         assert!((n - 5.0).abs() < 1e-5);
         let g: Vec<f32> = (&w.grad()).try_into().unwrap();

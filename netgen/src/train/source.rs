@@ -47,6 +47,38 @@ pub trait TrainData {
     }
 }
 
+impl TrainData for crate::data::Data {
+    fn shape(&self) -> DataShape {
+        let i = self.info();
+        DataShape {
+            name: i.name.clone(),
+            channels: i.channels,
+            input_size: i.input_size,
+            classes: i.classes,
+            train_len: i.train_len,
+            test_len: i.test_len,
+        }
+    }
+
+    fn train_batches(&self, epoch: u64, seed: u64, batch: usize, skip: usize) -> Batches<'_> {
+        Box::new(
+            crate::data::Data::train_batches(self, epoch, seed, batch, skip)
+                .map(|b| b.map(|b| (b.images, b.labels)).map_err(|e| e.to_string())),
+        )
+    }
+
+    fn test_batches(&self, batch: usize) -> Batches<'_> {
+        Box::new(
+            crate::data::Data::test_batches(self, batch)
+                .map(|b| b.map(|b| (b.images, b.labels)).map_err(|e| e.to_string())),
+        )
+    }
+
+    fn train_batches_per_epoch(&self, batch: usize) -> usize {
+        crate::data::Data::train_batches_per_epoch(self, batch)
+    }
+}
+
 /// A data set held in memory as tensors (no augmentation).
 #[derive(Debug)]
 pub struct InMemoryData {
@@ -102,7 +134,10 @@ impl InMemoryData {
 /// A seed for the permutation of `epoch` under `seed` (SplitMix64 of both, so neighbouring epochs
 /// and seeds give unrelated streams).
 pub fn epoch_seed(seed: u64, epoch: u64) -> u64 {
-    let mut z = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xD1B5_4A32_D192_ED03);
+    let mut z = seed
+        ^ epoch
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::budget::{evals_in, fit_steps};
+use super::budget::fit_steps;
 use super::checkpoint::{LoopState, load_tensors, read_metadata, save_tensors, write_text};
 use super::config::TrainConfig;
 use super::eval::{EvalResult, as_channels_last, evaluate, to_device_input};
@@ -120,7 +120,13 @@ pub struct RunSummary {
 impl RunSummary {
     /// The `--json` object.
     pub fn to_json(&self, out: &Path) -> serde_json::Value {
-        let nan_to_null = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+        let nan_to_null = |v: f64| {
+            if v.is_finite() {
+                serde_json::json!(v)
+            } else {
+                serde_json::Value::Null
+            }
+        };
         serde_json::json!({
             "outcome": match self.outcome {
                 Outcome::Finished => "finished",
@@ -162,7 +168,11 @@ pub fn weighted_depth(spec: &NetSpec) -> usize {
         crate::arch::UnitSpec::Cru { extra_conv: true, .. } => 4,
         _ => 3,
     };
-    2 + spec.stages.iter().map(|s| s.depth * per_unit(&s.unit)).sum::<usize>()
+    2 + spec
+        .stages
+        .iter()
+        .map(|s| s.depth * per_unit(&s.unit))
+        .sum::<usize>()
 }
 
 /// Dynamic loss scaling for float16 autocast.
@@ -225,13 +235,19 @@ struct Run<'a> {
 /// A fresh run writes `spec.json` and `config.json` first; a resumed run (`opts.resume`) reads
 /// `last.safetensors`, `state.safetensors` and `metrics.csv` and continues. `cfg` is the run's
 /// configuration (for a resume: the stored one, possibly extended).
-pub fn train(spec: &NetSpec, cfg: &TrainConfig, data: &dyn TrainData, opts: &RunOptions) -> Result<RunSummary> {
+pub fn train(
+    spec: &NetSpec,
+    cfg: &TrainConfig,
+    data: &dyn TrainData,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
     cfg.validate().map_err(TrainError::Config)?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
     let shape = data.shape();
-    if (shape.channels, shape.input_size, shape.classes) != (spec.in_channels, spec.input_size, spec.classes) {
+    if (shape.channels, shape.input_size, shape.classes) != (spec.in_channels, spec.input_size, spec.classes)
+    {
         return Err(TrainError::Config(format!(
             "the network takes {}×{}×{} inputs with {} classes but the data set {} has {}×{}×{} with {} classes; \
              leave --in-channels/--input/--classes out to follow the data",
@@ -262,7 +278,12 @@ pub fn train(spec: &NetSpec, cfg: &TrainConfig, data: &dyn TrainData, opts: &Run
         .into_iter()
         .filter(|(_, t)| t.requires_grad())
         .collect();
-    let sgd = Sgd::new(named, cfg.recipe.momentum, cfg.recipe.nesterov, cfg.recipe.weight_decay);
+    let sgd = Sgd::new(
+        named,
+        cfg.recipe.momentum,
+        cfg.recipe.nesterov,
+        cfg.recipe.weight_decay,
+    );
     let mut run = Run {
         spec,
         cfg,
@@ -293,7 +314,9 @@ pub fn train(spec: &NetSpec, cfg: &TrainConfig, data: &dyn TrainData, opts: &Run
     if opts.resume {
         run.restore()?;
     } else {
-        let spec_json = spec.to_json_pretty().map_err(|e| TrainError::Config(e.to_string()))?;
+        let spec_json = spec
+            .to_json_pretty()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         write_text(&opts.out.join("spec.json"), &spec_json)?;
         let cfg_json = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
         write_text(&opts.out.join("config.json"), &(cfg_json + "\n"))?;
@@ -443,9 +466,13 @@ impl Run<'_> {
             let t = Instant::now();
             self.sgd.zero_grad();
             let logits = tch::autocast(self.cfg.amp && device.is_cuda(), || self.net.forward_t(&x, true));
-            let loss = logits
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, 0.0);
+            let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                Reduction::Mean,
+                -100,
+                0.0,
+            );
             loss.backward();
             sync(device);
             times.push(t.elapsed().as_secs_f64());
@@ -509,7 +536,11 @@ impl Run<'_> {
         let amp = self.cfg.amp && device.is_cuda();
         let cl = self.cfg.channels_last && device.is_cuda();
         let per_epoch = self.per_epoch;
-        let budget = if self.opts.resume { None } else { self.cfg.budget_seconds };
+        let budget = if self.opts.resume {
+            None
+        } else {
+            self.cfg.budget_seconds
+        };
         let mut eval_s_est = 0.0;
         let mut refit_at = None;
         if let Some(b) = budget {
@@ -543,7 +574,9 @@ impl Run<'_> {
             let skip = self.st.step % per_epoch;
             let this_epoch = (per_epoch - skip).min(self.st.total_steps - self.st.step);
             let bar = self.bar(epoch, skip, this_epoch);
-            let mut batches = self.data.train_batches(epoch, self.cfg.seed, self.cfg.batch_size, skip as usize);
+            let mut batches =
+                self.data
+                    .train_batches(epoch, self.cfg.seed, self.cfg.batch_size, skip as usize);
             let epoch_end = self.st.step + this_epoch;
             let mut t_last = Instant::now();
             let mut lr = 0.0;
@@ -561,15 +594,21 @@ impl Run<'_> {
                 let n = y.size()[0];
                 let x = to_device_input(&x, device, cl);
                 let y = y.to_device(device);
-                lr = self.cfg.recipe.lr_at(self.st.step, self.st.total_steps, per_epoch, self.plateau.factor);
+                lr = self
+                    .cfg
+                    .recipe
+                    .lr_at(self.st.step, self.st.total_steps, per_epoch, self.plateau.factor);
                 self.sgd.zero_grad();
                 let logits = tch::autocast(amp, || self.net.forward_t(&x, true));
-                let mut loss =
-                    logits
-                        .to_kind(Kind::Float)
-                        .cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, ls);
+                let mut loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+                    &y,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    ls,
+                );
                 if self.opts.poison_step == Some(self.st.step + 1) {
-                    loss = loss * f64::NAN;
+                    loss *= f64::NAN;
                 }
                 let loss_v = loss.double_value(&[]);
                 if !loss_v.is_finite() {
@@ -667,11 +706,11 @@ impl Run<'_> {
                 last_eval = Some(eval);
                 self.record(eval, lr, &mut window)?;
                 if let (Some(b), true) = (budget, self.st.step < self.st.total_steps) {
-                    let step_s = session_train_s / (session_imgs as f64 / self.cfg.batch_size as f64).max(1.0);
+                    let step_s =
+                        session_train_s / (session_imgs as f64 / self.cfg.batch_size as f64).max(1.0);
                     self.fit_budget(b, step_s, eval_s_est);
                     self.st.total_steps = self.st.total_steps.max(self.st.step + 1);
                 }
-                let _ = evals_in;
             }
         }
         Ok(self.summary(Outcome::Finished, last_eval, session_imgs, session_train_s))
@@ -725,7 +764,10 @@ impl Run<'_> {
         } else {
             let b = ProgressBar::new_spinner();
             b.set_draw_target(ProgressDrawTarget::stderr());
-            b.set_message(format!("evaluating on {} test images", self.data.shape().test_len));
+            b.set_message(format!(
+                "evaluating on {} test images",
+                self.data.shape().test_len
+            ));
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
         };
@@ -785,7 +827,8 @@ impl Run<'_> {
         metrics::write(&self.path("metrics.csv"), &self.rows)?;
         match plot::draw(&self.path("curves.png"), &self.rows, &self.spec.name) {
             Ok(true) => {}
-            Ok(false) => self.say("netgen: no TrueType font found: curves.png has no labels (install fonts-dejavu-core)"),
+            Ok(false) => self
+                .say("netgen: no TrueType font found: curves.png has no labels (install fonts-dejavu-core)"),
             Err(e) => self.say(&format!("netgen: warning: could not draw curves.png: {e}")),
         }
         self.say(&format!(
@@ -808,7 +851,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn stop(&mut self, outcome: Outcome, last_eval: Option<EvalResult>, imgs: u64, secs: f64) -> Result<RunSummary> {
+    fn stop(
+        &mut self,
+        outcome: Outcome,
+        last_eval: Option<EvalResult>,
+        imgs: u64,
+        secs: f64,
+    ) -> Result<RunSummary> {
         self.save_checkpoint()?;
         Ok(self.summary(outcome, last_eval, imgs, secs))
     }
@@ -818,7 +867,11 @@ impl Run<'_> {
         RunSummary {
             outcome,
             last_eval,
-            best_acc: if self.st.best_acc.is_finite() { self.st.best_acc } else { f64::NAN },
+            best_acc: if self.st.best_acc.is_finite() {
+                self.st.best_acc
+            } else {
+                f64::NAN
+            },
             best_step: self.st.best_step,
             steps: self.st.step,
             total_steps: self.st.total_steps,
