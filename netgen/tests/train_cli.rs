@@ -373,3 +373,49 @@ fn bad_options_are_one_line_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("--run"));
 }
+
+/// The directory of the libtorch this test process mapped (from `/proc/self/maps`).
+fn mapped_libtorch_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .map(|p| Path::new(p).parent().unwrap().to_path_buf())
+}
+
+#[test]
+fn libtorch_cuda_is_linked_when_shipped_and_auto_picks_the_available_device() {
+    // Touch libtorch so that it is mapped in this process.
+    let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
+    let dir = mapped_libtorch_dir().expect("libtorch_cpu.so mapped");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    if dir.join("libtorch_cuda.so").is_file() {
+        // The test binary is linked by the same build script as netgen.
+        assert!(
+            maps.contains("libtorch_cuda.so"),
+            "libtorch_cuda.so ships in {dir:?} but is not loaded"
+        );
+        let ldd = Command::new("ldd")
+            .arg(env!("CARGO_BIN_EXE_netgen"))
+            .output()
+            .unwrap();
+        assert!(
+            text(&ldd.stdout).contains("libtorch_cuda.so"),
+            "{}",
+            text(&ldd.stdout)
+        );
+    }
+    let f = fixture();
+    let out = f.out("auto");
+    let mut a = f.train_args(&out, "2");
+    let i = a.iter().position(|s| *s == "cpu").unwrap();
+    a[i] = "auto";
+    a.extend(["--json", "--quiet"]);
+    let s = json(&netgen(&a));
+    let want = if tch::Cuda::is_available() {
+        "cuda:0"
+    } else {
+        "cpu"
+    };
+    assert_eq!(s["device"], want);
+}

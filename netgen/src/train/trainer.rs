@@ -476,7 +476,8 @@ impl Run<'_> {
             loss.backward();
             sync(device);
             times.push(t.elapsed().as_secs_f64());
-            if times.len() == 2 && times[1] > 5.0 {
+            // Slow steps: one (or two) passes are measurement enough, and each costs budget.
+            if times[times.len() - 1] > 5.0 {
                 break;
             }
         }
@@ -486,7 +487,9 @@ impl Run<'_> {
                 t.copy_(&copy);
             }
         });
-        let step_s = times[1..].iter().sum::<f64>() / (times.len() - 1) as f64;
+        // The first pass also allocates; average the later ones when there are any.
+        let timed = if times.len() > 1 { &times[1..] } else { &times[..] };
+        let step_s = timed.iter().sum::<f64>() / timed.len() as f64;
         // One evaluation batch (at most 128 images), timed on its second run.
         let test = self
             .data
