@@ -72,6 +72,7 @@ fn config(max_steps: u64) -> TrainConfig {
         device: "cpu".into(),
         amp: false,
         channels_last: false,
+        eval_samples: None,
     }
 }
 
@@ -127,7 +128,7 @@ fn short_run_loss_falls_and_accuracy_beats_chance() {
     let vs = VarStore::new(Device::Cpu);
     let net = Network::new(&vs.root(), &tiny_spec()).unwrap();
     load_safetensors(&vs, &out.join("best.safetensors")).unwrap();
-    let e = evaluate(&net, &d, 64, Device::Cpu, false, false).unwrap();
+    let e = evaluate(&net, &d, 64, None, Device::Cpu, false, false).unwrap();
     assert_eq!(e.top1, s.best_acc);
     let meta = read_metadata(&out.join("best.safetensors")).unwrap();
     assert_eq!(meta["step"], s.best_step.to_string());
@@ -234,4 +235,44 @@ fn mismatched_data_and_oversized_batches_are_refused() {
     let d = InMemoryData::synthetic(16, 8, 4, 1, 8, 1.0, 1);
     let err = train(&tiny_spec(), &config(4), &d, &RunOptions::new(&out, Device::Cpu)).unwrap_err();
     assert!(err.to_string().contains("--batch-size 32"), "{err}");
+}
+
+#[test]
+fn budgeted_run_fits_its_steps_and_ends_annealed() {
+    let root = tempfile::tempdir().unwrap();
+    let out = run_dir(root.path(), "budget");
+    let d = data();
+    let mut cfg = config(1);
+    cfg.max_steps = None;
+    cfg.budget_seconds = Some(3.0);
+    let opts = RunOptions::new(&out, Device::Cpu);
+    let started = opts.started;
+    let s = train(&tiny_spec(), &cfg, &d, &opts).unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(s.outcome, Outcome::Finished);
+    // The run used its budget (a tiny step takes milliseconds, so far more than one step fits)
+    // without running much past it.
+    assert!(s.steps > 20, "only {} steps in a 3 s budget", s.steps);
+    assert!(took < 3.0 + 3.0, "a 3 s budget took {took:.2} s");
+    let rows = metrics::read(&out.join("metrics.csv")).unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(last.step, s.steps);
+    // The cosine schedule was laid over the fitted steps: the last step's rate is near zero.
+    assert!(
+        last.lr < 0.01 * 0.1,
+        "lr {} at the end of a budgeted run",
+        last.lr
+    );
+    // A budget whose test pass alone would not fit evaluates on a prefix of the test split.
+    let out = run_dir(root.path(), "subset");
+    let mut cfg = config(1);
+    cfg.max_steps = None;
+    cfg.budget_seconds = Some(1e-4);
+    let s = train(&tiny_spec(), &cfg, &d, &RunOptions::new(&out, Device::Cpu)).unwrap();
+    assert_eq!(s.steps, 1);
+    let samples = s.last_eval.unwrap().samples;
+    assert!((64..128).contains(&samples), "{samples}");
+    let stored: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(stored.eval_samples, Some(samples as usize));
 }

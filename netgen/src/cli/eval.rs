@@ -36,6 +36,9 @@ pub(crate) struct EvalArgs {
     /// Evaluation batch size (default: the run's, or 256).
     #[arg(long, value_name = "N")]
     pub(crate) batch_size: Option<usize>,
+    /// Evaluate on the first N test images (default: the run's own setting, else all).
+    #[arg(long, value_name = "N")]
+    pub(crate) samples: Option<usize>,
     /// auto, cpu, cuda, cuda:N.
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub(crate) device: String,
@@ -55,6 +58,7 @@ pub(crate) struct EvalArgs {
 
 /// Runs `netgen eval`.
 pub(crate) fn run(a: &EvalArgs) -> Result<ExitCode, UserError> {
+    let mut samples = a.samples;
     let (spec, weights, data_str, batch) = match (&a.run, &a.spec) {
         (Some(dir), _) => {
             let (spec, cfg) = load_run(dir)?;
@@ -64,6 +68,7 @@ pub(crate) fn run(a: &EvalArgs) -> Result<ExitCode, UserError> {
                 "best.safetensors"
             };
             let w = a.weights.clone().unwrap_or_else(|| dir.join(file));
+            samples = samples.or(cfg.eval_samples);
             (
                 spec,
                 w,
@@ -91,6 +96,9 @@ pub(crate) fn run(a: &EvalArgs) -> Result<ExitCode, UserError> {
             ));
         }
     };
+    if samples == Some(0) {
+        return Err(UserError("--samples must be at least 1".into()));
+    }
     if batch == 0 {
         return Err(UserError("--batch-size must be at least 1".into()));
     }
@@ -125,12 +133,13 @@ pub(crate) fn run(a: &EvalArgs) -> Result<ExitCode, UserError> {
         eprintln!(
             "netgen: evaluating {} on {} test images of {} ({})",
             weights.display(),
-            info.test_len,
+            samples.map_or(info.test_len, |n| n.min(info.test_len)),
             info.name,
             device_name(device)
         );
     }
-    let r = evaluate(&net, &data, batch, device, false, false).map_err(|e| UserError(e.to_string()))?;
+    let r =
+        evaluate(&net, &data, batch, samples, device, false, false).map_err(|e| UserError(e.to_string()))?;
     if a.json {
         let v = serde_json::json!({
             "top1": r.top1,

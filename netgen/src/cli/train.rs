@@ -81,6 +81,10 @@ pub(crate) struct TrainFlags {
     /// Clip the global gradient norm to this value (off).
     #[arg(long, value_name = "NORM", help_heading = "Recipe")]
     pub(crate) clip_grad: Option<f64>,
+    /// Evaluate on the first N test images only (default: all; a budget may lower it when a full
+    /// test pass would take more than a quarter of the budget).
+    #[arg(long, value_name = "N", help_heading = "Recipe")]
+    pub(crate) eval_samples: Option<usize>,
     /// Seed of the initialisation and the data order (0).
     #[arg(long, value_name = "N", help_heading = "Recipe")]
     pub(crate) seed: Option<u64>,
@@ -238,6 +242,7 @@ fn fixed_on_resume(arch: &EmitArgs, f: &TrainFlags) -> Vec<&'static str> {
         ("--label-smoothing", f.label_smoothing.is_some()),
         ("--clip-grad", f.clip_grad.is_some()),
         ("--seed", f.seed.is_some()),
+        ("--eval-samples", f.eval_samples.is_some()),
         ("--amp", f.amp),
         ("--channels-last", f.channels_last),
         ("--out", f.out.is_some()),
@@ -393,6 +398,7 @@ fn plan_fresh(arch: &mut EmitArgs, f: &TrainFlags, data: &Data, data_str: &str) 
         device: f.device.clone().unwrap_or_else(|| "auto".into()),
         amp: f.amp,
         channels_last: f.channels_last,
+        eval_samples: f.eval_samples,
     };
     cfg.validate().map_err(UserError)?;
     let out = f.out.clone().unwrap_or_else(|| default_out(&spec.name));

@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub amp: bool,
     /// Channels-last memory format for weights and inputs (CUDA).
     pub channels_last: bool,
+    /// Evaluate on the first N test images only (`None`: all). Set by a budgeted run whose full
+    /// test pass would take more than a quarter of the budget; `netgen eval --run` uses it too.
+    #[serde(default)]
+    pub eval_samples: Option<usize>,
 }
 
 impl TrainConfig {
@@ -60,6 +64,9 @@ impl TrainConfig {
             && !(e.is_finite() && e > 0.0)
         {
             return Err(format!("--epochs must be a positive number, got {e}"));
+        }
+        if self.eval_samples == Some(0) {
+            return Err("--eval-samples must be at least 1".into());
         }
         if self.max_steps == Some(0) {
             return Err("--max-steps must be at least 1".into());

@@ -36,24 +36,34 @@ fn batch_sums(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor, Tensor) {
     (loss, top1, top5)
 }
 
-/// Evaluates `net` on the test split of `data` with batches of `batch`, moving each batch to
-/// `device` (and to channels-last when `channels_last`).
+/// Evaluates `net` on the test split of `data` (the first `limit` images when given) with batches
+/// of `batch`, moving each batch to `device` (and to channels-last when `channels_last`).
 pub fn evaluate(
     net: &dyn ModuleT,
     data: &dyn TrainData,
     batch: usize,
+    limit: Option<usize>,
     device: Device,
     amp: bool,
     channels_last: bool,
 ) -> Result<EvalResult> {
+    let limit = limit.unwrap_or(usize::MAX) as u64;
     tch::no_grad(|| {
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         let mut top1 = Tensor::zeros([], (Kind::Int64, device));
         let mut top5 = Tensor::zeros([], (Kind::Int64, device));
         let mut n = 0u64;
         for b in data.test_batches(batch) {
-            let (x, y) = b.map_err(TrainError::Data)?;
-            n += y.size()[0] as u64;
+            if n >= limit {
+                break;
+            }
+            let (mut x, mut y) = b.map_err(TrainError::Data)?;
+            let len = (y.size()[0] as u64).min(limit - n);
+            if len < y.size()[0] as u64 {
+                x = x.narrow(0, 0, len as i64);
+                y = y.narrow(0, 0, len as i64);
+            }
+            n += len;
             let x = to_device_input(&x, device, channels_last);
             let y = y.to_device(device);
             let logits = tch::autocast(amp && device.is_cuda(), || net.forward_t(&x, false));

@@ -136,6 +136,7 @@ impl RunSummary {
             "test_acc": self.last_eval.map(|e| e.top1),
             "test_top5": self.last_eval.map(|e| e.top5),
             "test_loss": self.last_eval.map(|e| e.loss),
+            "test_samples": self.last_eval.map(|e| e.samples),
             "best_acc": nan_to_null(self.best_acc),
             "best_step": self.best_step,
             "epochs": self.epochs,
@@ -214,7 +215,7 @@ impl Window {
 /// Everything the loop mutates.
 struct Run<'a> {
     spec: &'a NetSpec,
-    cfg: &'a TrainConfig,
+    cfg: TrainConfig,
     data: &'a dyn TrainData,
     opts: &'a RunOptions,
     vs: VarStore,
@@ -286,7 +287,7 @@ pub fn train(
     );
     let mut run = Run {
         spec,
-        cfg,
+        cfg: cfg.clone(),
         data,
         opts,
         vs,
@@ -508,8 +509,13 @@ impl Run<'_> {
             sync(device);
             eval_t = t.elapsed().as_secs_f64();
         }
-        let test_len = self.data.shape().test_len as f64;
-        Ok((step_s, eval_t / n * test_len))
+        Ok((step_s, eval_t / n * self.eval_len() as f64))
+    }
+
+    /// Images of one evaluation.
+    fn eval_len(&self) -> usize {
+        let all = self.data.shape().test_len;
+        self.cfg.eval_samples.map_or(all, |n| n.min(all))
     }
 
     /// Fits the total steps to the budget given a step cost and an evaluation cost.
@@ -547,7 +553,26 @@ impl Run<'_> {
         let mut eval_s_est = 0.0;
         let mut refit_at = None;
         if let Some(b) = budget {
-            let (step_s, eval_s) = self.probe()?;
+            let (step_s, mut eval_s) = self.probe()?;
+            let all = self.eval_len();
+            if eval_s > 0.25 * b && self.cfg.eval_samples.is_none() {
+                // A full test pass would eat the budget: evaluate on the first images only, in
+                // whole evaluation batches, and record it so that `netgen eval --run` does the same.
+                let want = (all as f64 * 0.25 * b / eval_s) as usize;
+                let eb = self.cfg.eval_batch_size;
+                let n = (want / eb * eb).clamp(eb.min(all), all);
+                self.cfg.eval_samples = Some(n);
+                eval_s *= n as f64 / all as f64;
+                let cfg_json =
+                    serde_json::to_string_pretty(&self.cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+                write_text(&self.path("config.json"), &(cfg_json + "\n"))?;
+                if !self.opts.quiet {
+                    eprintln!(
+                        "netgen: a full test pass would take a large part of the budget: evaluating on the first {n} \
+                         of {all} test images (netgen eval --run DIR --samples {all} gives the full test accuracy)"
+                    );
+                }
+            }
             eval_s_est = eval_s;
             self.fit_budget(b, step_s, eval_s);
             if !self.opts.quiet {
@@ -778,6 +803,7 @@ impl Run<'_> {
             &self.net,
             self.data,
             self.cfg.eval_batch_size,
+            self.cfg.eval_samples,
             self.opts.device,
             self.cfg.amp,
             self.cfg.channels_last && self.opts.device.is_cuda(),
