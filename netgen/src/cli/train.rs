@@ -23,6 +23,8 @@ use crate::{EmitArgs, UserError};
 const DEFAULT_EPOCHS: f64 = 30.0;
 /// The budget a CPU run gets when no length is given.
 const DEFAULT_CPU_BUDGET: &str = "10m";
+/// The batch size of that budgeted CPU run unless --batch-size is given.
+const DEFAULT_CPU_BUDGET_BATCH: usize = 32;
 
 /// Data, recipe and run options of `netgen train` (also accepted by `netgen` without a subcommand).
 #[derive(Args, Debug, Default)]
@@ -51,7 +53,7 @@ pub(crate) struct TrainFlags {
     /// Named recipe: modern (default; warm-up + cosine) or paper (the CRU-Net paper's setting).
     #[arg(long, value_name = "NAME", help_heading = "Recipe")]
     pub(crate) recipe: Option<RecipeKind>,
-    /// Mini-batch size (default 128).
+    /// Mini-batch size (default 128; 32 for the default 10-minute CPU budget).
     #[arg(long, value_name = "N", help_heading = "Recipe")]
     pub(crate) batch_size: Option<usize>,
     /// Evaluation batch size (default 2 × batch size).
@@ -190,16 +192,16 @@ fn open_data(
 
 /// A fresh run directory `runs/NAME-NNN`.
 fn default_out(name: &str) -> PathBuf {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    // Alphanumerics and '-'; every run of other characters becomes one '_'.
+    let mut safe = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            safe.push(c);
+        } else if !safe.is_empty() && !safe.ends_with('_') {
+            safe.push('_');
+        }
+    }
+    let safe = safe.trim_end_matches('_').to_string();
     (1..)
         .map(|i| PathBuf::from("runs").join(format!("{safe}-{i:03}")))
         .find(|p| !p.exists())
@@ -331,7 +333,15 @@ fn plan_fresh(arch: &mut EmitArgs, f: &TrainFlags, data: &Data, data_str: &str) 
     arch.classes.get_or_insert(info.classes);
     let spec = arch.to_spec()?;
     let device = resolve_device(f.device.as_deref().unwrap_or("auto"))?;
-    let batch = f.batch_size.unwrap_or(128);
+    // A CPU run given no length trains within a budget; with few steps to take, more and smaller
+    // updates learn more per second (per-image throughput on a CPU changes little with the batch).
+    let default_budget =
+        f.epochs.is_none() && f.max_steps.is_none() && f.budget.is_none() && device == Device::Cpu;
+    let batch = f.batch_size.unwrap_or(if default_budget {
+        DEFAULT_CPU_BUDGET_BATCH
+    } else {
+        128
+    });
     let kind = f.recipe.unwrap_or(RecipeKind::Modern);
     let mut recipe = Recipe::defaults(kind, weighted_depth(&spec), batch);
     if let Some(v) = f.lr {
@@ -369,7 +379,7 @@ fn plan_fresh(arch: &mut EmitArgs, f: &TrainFlags, data: &Data, data_str: &str) 
             if !f.quiet {
                 eprintln!(
                     "netgen: no --epochs, --max-steps or --budget given: training on the CPU within a \
-                     {DEFAULT_CPU_BUDGET} budget (pass --epochs N for a full schedule)"
+                     {DEFAULT_CPU_BUDGET} budget at batch size {batch} (pass --epochs N for a full schedule)"
                 );
             }
         } else {

@@ -196,7 +196,6 @@ struct Window {
     loss: Tensor,
     correct: Tensor,
     samples: u64,
-    steps: u64,
     seconds: f64,
 }
 
@@ -206,7 +205,6 @@ impl Window {
             loss: Tensor::zeros([], (Kind::Float, device)),
             correct: Tensor::zeros([], (Kind::Int64, device)),
             samples: 0,
-            steps: 0,
             seconds: 0.0,
         }
     }
@@ -595,6 +593,7 @@ impl Run<'_> {
         let mut window = Window::new(device);
         let mut last_eval = None;
         let mut session_imgs = 0u64;
+        let mut session_steps = 0u64;
         let mut session_train_s = 0.0;
         let ls = self.cfg.recipe.label_smoothing;
         while self.st.step < self.st.total_steps {
@@ -672,14 +671,15 @@ impl Run<'_> {
                 });
                 self.st.step += 1;
                 window.samples += n as u64;
-                window.steps += 1;
                 let now = Instant::now();
                 let dt = now.duration_since(t_last).as_secs_f64();
                 t_last = now;
                 window.seconds += dt;
                 session_imgs += n as u64;
+                session_steps += 1;
                 session_train_s += dt;
-                if !self.opts.quiet {
+                // On a GPU, reading the running sums synchronises: refresh the message less often.
+                if !self.opts.quiet && (!device.is_cuda() || self.st.step.is_multiple_of(20)) {
                     let acc = 100.0 * window.correct.int64_value(&[]) as f64 / window.samples as f64;
                     bar.set_message(format!(
                         "loss {:.4} acc {:.1}% {:.0} img/s",
@@ -687,8 +687,8 @@ impl Run<'_> {
                         acc,
                         window.samples as f64 / window.seconds.max(1e-9)
                     ));
-                    bar.inc(1);
                 }
+                bar.inc(1);
                 if self.opts.stop_after_steps == Some(self.st.step) && self.st.step < self.st.total_steps {
                     bar.finish_and_clear();
                     return self.stop(Outcome::Stopped, last_eval, session_imgs, session_train_s);
@@ -698,7 +698,7 @@ impl Run<'_> {
                 {
                     // Refit with the measured cost of real steps (data loading included).
                     refit_at = None;
-                    let step_s = session_train_s / window.steps.max(1) as f64;
+                    let step_s = session_train_s / session_steps.max(1) as f64;
                     let before = self.st.total_steps;
                     self.fit_budget(b, step_s, eval_s_est);
                     self.st.total_steps = self.st.total_steps.max(self.st.step + 1);
@@ -710,12 +710,15 @@ impl Run<'_> {
                     }
                     bar.set_length(bar.position() + (self.st.total_steps.min(epoch_end) - self.st.step));
                 }
+                // Do not start a step that could not finish, with the final evaluation, in time.
+                let step_avg = session_train_s / session_steps.max(1) as f64;
                 if let Some(b) = budget
-                    && self.opts.started.elapsed().as_secs_f64() + eval_s_est > b
+                    && self.opts.started.elapsed().as_secs_f64() + step_avg + eval_s_est > b
                     && self.st.step < self.st.total_steps
                 {
                     bar.println(format!(
-                        "netgen: the budget is used up at step {} of {}: stopping early (learning rate not fully annealed)",
+                        "netgen: the budget is used up at step {} of {}: stopping early (learning rate not fully \
+                         annealed)",
                         self.st.step, self.st.total_steps
                     ));
                     self.st.total_steps = self.st.step;
@@ -734,8 +737,7 @@ impl Run<'_> {
                 last_eval = Some(eval);
                 self.record(eval, lr, &mut window)?;
                 if let (Some(b), true) = (budget, self.st.step < self.st.total_steps) {
-                    let step_s =
-                        session_train_s / (session_imgs as f64 / self.cfg.batch_size as f64).max(1.0);
+                    let step_s = session_train_s / session_steps.max(1) as f64;
                     self.fit_budget(b, step_s, eval_s_est);
                     self.st.total_steps = self.st.total_steps.max(self.st.step + 1);
                 }
