@@ -583,7 +583,7 @@ impl Run<'_> {
                     self.st.total_steps as f64 / per_epoch as f64
                 );
             }
-            refit_at = Some((self.st.total_steps / 10).clamp(3, 200));
+            refit_at = Some(3);
         }
         if self.st.total_steps == 0 {
             return Err(TrainError::Config(
@@ -594,6 +594,8 @@ impl Run<'_> {
         let mut last_eval = None;
         let mut session_imgs = 0u64;
         let mut session_steps = 0u64;
+        // The session's first step also starts the loader and allocates: budgets leave it out.
+        let mut first_step_s = 0.0;
         let mut session_train_s = 0.0;
         let ls = self.cfg.recipe.label_smoothing;
         while self.st.step < self.st.total_steps {
@@ -677,6 +679,9 @@ impl Run<'_> {
                 window.seconds += dt;
                 session_imgs += n as u64;
                 session_steps += 1;
+                if session_steps == 1 {
+                    first_step_s = dt;
+                }
                 session_train_s += dt;
                 // On a GPU, reading the running sums synchronises: refresh the message less often.
                 if !self.opts.quiet && (!device.is_cuda() || self.st.step.is_multiple_of(20)) {
@@ -696,9 +701,11 @@ impl Run<'_> {
                 if let (Some(b), Some(at)) = (budget, refit_at)
                     && self.st.step >= at
                 {
-                    // Refit with the measured cost of real steps (data loading included).
-                    refit_at = None;
-                    let step_s = session_train_s / session_steps.max(1) as f64;
+                    // Refit with the measured cost of real steps (data loading included), at steps
+                    // 3, 6, 12, … while less than half of the run is done, so that the plan follows
+                    // the machine's load.
+                    refit_at = Some(2 * self.st.step).filter(|&n| n < self.st.total_steps / 2 + 3);
+                    let step_s = (session_train_s - first_step_s) / (session_steps - 1).max(1) as f64;
                     let before = self.st.total_steps;
                     self.fit_budget(b, step_s, eval_s_est);
                     self.st.total_steps = self.st.total_steps.max(self.st.step + 1);
