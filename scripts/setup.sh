@@ -15,7 +15,8 @@ ROOT=$PWD
 log() { [ -n "${QUIET_SETUP:-}" ] || echo "setup: $*" >&2; }
 
 # --- 1. Debian packages ----------------------------------------------------------------------
-APT_PKGS=(libopenblas-dev dataset-fashion-mnist pkg-config gcc g++ make)
+# fonts-dejavu-core: the TrueType font netgen draws the text of curves.png with.
+APT_PKGS=(libopenblas-dev dataset-fashion-mnist fonts-dejavu-core pkg-config gcc g++ make)
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   APT_PKGS+=(python3-venv)
 fi

@@ -5,3 +5,4 @@ pub mod count;
 pub mod data;
 pub mod nn;
 pub mod table;
+pub mod train;

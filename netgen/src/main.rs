@@ -1,6 +1,8 @@
 //! `netgen` command-line interface: from a GBTD configuration (or a preset, or a spec file) to a
 //! ResNet / ResNeXt / CRU-Net architecture with its Table-1-style description, parameter count and
 //! FLOPs (multiply-adds).
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,8 +37,8 @@ FLOPs are multiply-adds (convs + fc), as in torchvision's GFLOPS and the paper's
 /// Maps a GBTD configuration (R Tuckers of rank d* per residual function, factors shared across L
 /// units) to a ResNet / ResNeXt / CRU-Net architecture, with parameter and FLOP counts.
 ///
-/// Without a subcommand, netgen emits the architecture given by the flags (training comes in a
-/// later version; --dry-run always means emit only).
+/// Without a subcommand, netgen prints the architecture given by the flags and then trains it on
+/// Fashion-MNIST (see `netgen train --help`); --dry-run always means emit only.
 #[derive(Parser, Debug)]
 #[command(name = "netgen", version, after_help = EXAMPLES,
     args_conflicts_with_subcommands = true)]
@@ -45,6 +47,8 @@ struct Cli {
     cmd: Option<Cmd>,
     #[command(flatten)]
     emit: EmitArgs,
+    #[command(flatten)]
+    run: cli::train::TrainFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,6 +58,12 @@ enum Cmd {
     Emit(Box<EmitArgs>),
     /// List the presets.
     Presets,
+    /// Train a network (architecture flags as for emit, or --preset/--spec) into a run directory.
+    #[command(after_help = cli::TRAIN_EXAMPLES)]
+    Train(Box<cli::TrainCmd>),
+    /// Test accuracy of a run's checkpoint or of any weights with their spec.
+    #[command(after_help = cli::TRAIN_EXAMPLES)]
+    Eval(Box<cli::eval::EvalArgs>),
 }
 
 #[derive(Args, Debug, Default)]
@@ -368,10 +378,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match &cli.cmd {
+    let mut cli = cli;
+    let result = match cli.cmd.take() {
         Some(Cmd::Presets) => Ok(list_presets()),
-        Some(Cmd::Emit(args)) => emit(args),
-        None => emit(&cli.emit),
+        Some(Cmd::Emit(args)) => emit(&args),
+        Some(Cmd::Train(mut t)) => return finish(cli::train::run(&mut t.arch, &t.flags)),
+        Some(Cmd::Eval(e)) => return finish(cli::eval::run(&e)),
+        None if cli.emit.dry_run || cli.emit.toml => emit(&cli.emit),
+        None => return finish(cli::train::run(&mut cli.emit, &cli.run)),
     };
     match result {
         Ok(text) => {
@@ -386,4 +400,12 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Exit code of a train/eval command; a user error is one line on stderr and exit code 2.
+fn finish(r: Result<ExitCode, UserError>) -> ExitCode {
+    r.unwrap_or_else(|UserError(m)| {
+        eprintln!("netgen: error: {}", m.replace('\n', " "));
+        ExitCode::from(2)
+    })
 }

@@ -73,7 +73,8 @@ fn emit_json_spec_and_integer_counts_agree_with_count_rs() {
 
 #[test]
 fn top_level_gbtd_flags_emit_and_dry_run_is_emit_only() {
-    let plain = netgen(&["--R", "32", "--rank", "4", "--share", "6"]);
+    // Without --dry-run the top-level form would train; `emit` prints the same table.
+    let plain = netgen(&["emit", "--R", "32", "--rank", "4", "--share", "6"]);
     assert!(plain.status.success(), "{}", stderr(&plain));
     let text = stdout(&plain);
     assert!(text.contains("multiply-adds"), "{text}");
@@ -91,7 +92,7 @@ fn top_level_gbtd_flags_emit_and_dry_run_is_emit_only() {
 fn top_level_json_for_resnet50_and_resnext50_has_torchvision_counts() {
     // R = 1, rank 64 is ResNet-50; R = 32, rank 4 is ResNeXt-50 32×4d (torchvision's counts).
     assert_eq!(
-        json(&["--R", "1", "--rank", "64", "--json"])["params"],
+        json(&["--R", "1", "--rank", "64", "--json", "--dry-run"])["params"],
         25_557_032
     );
     assert_eq!(
@@ -115,6 +116,7 @@ fn released_crunet56_from_flags() {
         "640",
         "--groups-eq-channels",
         "--json",
+        "--dry-run",
     ]);
     assert_eq!(
         v["params"], 25_609_384,
@@ -224,7 +226,7 @@ fn preset_overrides_for_fashion_mnist() {
         2 * 9 * 16
     );
     // --input 28 without --in-channels in the GBTD form means grayscale (Fashion-MNIST), 10 classes.
-    let g = json(&["--R", "8", "--rank", "4", "--input", "28", "--json"]);
+    let g = json(&["--R", "8", "--rank", "4", "--input", "28", "--json", "--dry-run"]);
     assert_eq!(g["spec"]["in_channels"], 1);
     assert_eq!(g["spec"]["classes"], 10);
     assert_eq!(g["spec"]["stages"].as_array().unwrap().len(), 3);
@@ -257,7 +259,15 @@ fn presets_lists_every_preset() {
 fn invalid_configurations_say_what_is_wrong_and_what_is_valid() {
     // (The full catalogue of messages is unit-tested in arch::config; here: the binary's contract.)
     // R not dividing the bottleneck width.
-    let e = rejected(&["--R", "32", "--rank", "4", "--mids", "100,256,512,1024"]);
+    let e = rejected(&[
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--mids",
+        "100,256,512,1024",
+        "--dry-run",
+    ]);
     assert!(
         e.contains("does not divide") && e.contains("valid") && e.contains("128"),
         "{e}"
@@ -272,13 +282,14 @@ fn invalid_configurations_say_what_is_wrong_and_what_is_valid() {
         "6",
         "--cru-stages",
         "conv3",
+        "--dry-run",
     ]);
     assert!(
         e.contains("share 6 is larger than the depth 4") && e.contains("[conv4 (stage 2)]"),
         "{e}"
     );
     // zero rank.
-    let e = rejected(&["--R", "32", "--rank", "0"]);
+    let e = rejected(&["--R", "32", "--rank", "0", "--dry-run"]);
     assert!(e.contains("rank = 0") && e.contains("≥ 1"), "{e}");
     // Conflicting sources, unknown preset.
     let e = rejected(&["emit", "--preset", "resnet50", "--R", "4"]);
