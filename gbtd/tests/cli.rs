@@ -590,6 +590,30 @@ fn bad_input_gives_one_error_line_and_no_output() {
         "nope.safetensors",
     );
     expect_failure(&["info", s(&d.join("nope.npz"))], &[], "nope.npz");
+    // reconstruct into a missing directory names the directory, not a temporary file.
+    let factors = d.join("f.safetensors");
+    ok(&gbtd(&[
+        "decompose",
+        ks,
+        "--method",
+        "cp",
+        "--rank",
+        "2",
+        "--out",
+        s(&factors),
+        "--quiet",
+    ]));
+    let nowhere = d.join("absent/r.npy");
+    let absent = d.join("absent");
+    let out = gbtd(&["reconstruct", s(&factors), "--out", s(&nowhere)]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("directory {} does not exist", absent.display())) && !err.contains(".gbtd-"),
+        "{err}"
+    );
+    std::fs::remove_file(&factors).unwrap();
 
     // Nothing but the fixtures is left in the directory (no temporary files either).
     let mut names: Vec<String> = std::fs::read_dir(d)

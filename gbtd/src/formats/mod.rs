@@ -69,6 +69,14 @@ pub enum IoError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The destination's directory does not exist (nothing was written).
+    #[error("cannot write {}: directory {} does not exist; create it first or choose another path", path.display(), dir.display())]
+    MissingDirectory {
+        /// The destination.
+        path: PathBuf,
+        /// Its parent directory.
+        dir: PathBuf,
+    },
     /// The file name has none of the supported extensions.
     #[error("{}: unknown file type; expected {expected}", path.display())]
     UnknownFormat {
