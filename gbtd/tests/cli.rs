@@ -590,6 +590,21 @@ fn bad_input_gives_one_error_line_and_no_output() {
         "nope.safetensors",
     );
     expect_failure(&["info", s(&d.join("nope.npz"))], &[], "nope.npz");
+    // Ranks whose factors and workspace would not fit are refused before anything is
+    // allocated (CP rank 100000: a 100000² Gram matrix), with the bytes needed.
+    expect_failure(
+        &with_out(&[ks, "--method", "cp", "--rank", "100000"], outs),
+        o,
+        "bytes of factors and workspace",
+    );
+    expect_failure(
+        &with_out(
+            &[ks, "--method", "btd", "--terms", "1000000", "--rank", "1,1"],
+            outs,
+        ),
+        o,
+        "bytes of factors and workspace",
+    );
     // reconstruct into a missing directory names the directory, not a temporary file.
     let factors = d.join("f.safetensors");
     ok(&gbtd(&[
