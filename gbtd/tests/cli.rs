@@ -687,3 +687,44 @@ fn factors_do_not_depend_on_the_thread_count() {
         );
     }
 }
+
+/// Ranks that make the layer larger than the original are warned about on stderr (not with
+/// `--json` or `--quiet`); compressing ranks are not. Parameter counts computed here.
+#[test]
+fn growing_ranks_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.npy");
+    // A depthwise-like kernel (8, 1, 5, 5): 200 parameters.
+    write_npy(&k, &randn(&[8, 1, 5, 5], 3)).unwrap();
+    let ks = s(&k);
+    // CP rank R holds R·(8 + 1 + 5 + 5) + R weights: rank 2 → 40 < 200, rank 20 → 400 > 200.
+    let run = |rank: &str, extra: &[&str]| {
+        let mut args = vec![
+            "decompose",
+            ks,
+            "--method",
+            "cp",
+            "--rank",
+            rank,
+            "--max-iter",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        gbtd(&args)
+    };
+    let grow = run("20", &[]);
+    ok(&grow);
+    let err = stderr(&grow);
+    assert!(
+        err.contains("warning: these ranks make the layer larger than the original"),
+        "{err}"
+    );
+    for extra in [&["--json"][..], &["--quiet"][..]] {
+        let o = run("20", extra);
+        ok(&o);
+        assert!(!stderr(&o).contains("warning"), "{extra:?}: {}", stderr(&o));
+    }
+    let shrink = run("2", &[]);
+    ok(&shrink);
+    assert!(!stderr(&shrink).contains("warning"), "{}", stderr(&shrink));
+}

@@ -263,7 +263,21 @@ pub fn run(args: &DecomposeArgs) -> Result<()> {
         error_history: outcome.history,
         out: args.out.as_ref().map(|p| p.display().to_string()),
     };
+    if report.compression < 1.0 && !args.json && !args.quiet {
+        eprintln!("{}", growth_warning(report.params_before, report.params_after));
+    }
     print_report(&report, args.json).context("cannot write to standard output")
+}
+
+/// The stderr warning for ranks that make the factorized layer larger than the original
+/// (compression `params_before / params_after` below 1).
+fn growth_warning(params_before: usize, params_after: usize) -> String {
+    format!(
+        "warning: these ranks make the layer larger than the original ({} parameters instead of {}, compression {:.2}×); choose smaller ranks to compress it",
+        report::count(params_after),
+        report::count(params_before),
+        params_before as f64 / params_after.max(1) as f64
+    )
 }
 
 fn print_report(r: &Report, json: bool) -> std::io::Result<()> {
