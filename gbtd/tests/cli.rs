@@ -728,3 +728,52 @@ fn growing_ranks_are_warned_about() {
     ok(&shrink);
     assert!(!stderr(&shrink).contains("warning"), "{}", stderr(&shrink));
 }
+
+/// f32 values near `f32::MAX` (whose squares overflow f32, which made LAPACK fail) decompose:
+/// `X = Y·2^127` is exact, and the relative error is scale-invariant, so every method must give
+/// the error of `Y` itself, and the rebuilt tensor must be `2^127` times `Y`'s. Forcing
+/// `--dtype f32` says to use f64 instead, without output.
+#[test]
+fn values_near_f32_max_decompose() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Y in [1, 1.99]: X = Y·2^127 reaches 3.4e38, just below f32::MAX.
+    let y = randn(&[8, 6, 3, 3], 21).mapv(|v| (1.5 + 0.16 * v.clamp(-3.0, 3.0)) as f32);
+    let scale = 2f32.powi(127);
+    let x = y.mapv(|v| v * scale);
+    assert!(x.iter().all(|v| v.is_finite()) && x.iter().any(|&v| v > 3.0e38));
+    let (yp, xp) = (d.join("y.npy"), d.join("x.npy"));
+    write_npy(&yp, &y).unwrap();
+    write_npy(&xp, &x).unwrap();
+    for (tag, method) in [
+        ("tucker2", &["--method", "tucker2", "--rank", "3,2"][..]),
+        ("cp", &["--method", "cp", "--rank", "3"][..]),
+        ("btd", &["--method", "btd", "--terms", "2", "--rank", "2,2"][..]),
+    ] {
+        let mut ya = method.to_vec();
+        ya.extend_from_slice(&["--dtype", "f64"]);
+        let small = decompose_and_rebuild(d, &yp, &ya, &format!("{tag}-y"));
+        let big = decompose_and_rebuild(d, &xp, method, &format!("{tag}-x"));
+        let (es, eb) = (num(&small.json, "rel_error"), num(&big.json, "rel_error"));
+        assert!(es > 0.0 && (es - eb).abs() <= 1e-9 * es, "{tag}: {es} vs {eb}");
+        let expect = small.rebuilt.mapv(|v| v * f64::from(scale));
+        assert!(rel_err(&big.rebuilt, &expect) < 1e-6, "{tag}: rebuilt differs");
+    }
+    let out = d.join("f.safetensors");
+    expect_failure(
+        &[
+            "decompose",
+            s(&xp),
+            "--method",
+            "cp",
+            "--rank",
+            "3",
+            "--dtype",
+            "f32",
+            "--out",
+            s(&out),
+        ],
+        &[&out],
+        "rerun with --dtype f64",
+    );
+}
