@@ -71,7 +71,8 @@ use crate::error::{GbtdError, Result};
 use crate::linalg::{leading_left_singular_vectors, solve_sym_right};
 pub use crate::options::Acceleration;
 use crate::options::{
-    Convergence, Init, IterOptions, Progress, iterative_setters, validate_given, validate_ranks,
+    Convergence, Init, IterOptions, Progress, check_workspace, iterative_setters, product_u128,
+    validate_given, validate_ranks,
 };
 use crate::random::{randn2, rng};
 use crate::real::Real;
@@ -272,6 +273,15 @@ pub fn btd<T: Real>(x: &ArrayViewD<'_, T>, opts: &BtdOptions<'_, T>) -> Result<B
     let modes = resolve_modes(opts.modes.as_deref(), shape.len())?;
     let dims: Vec<usize> = modes.iter().map(|&m| shape[m]).collect();
     validate_ranks(&opts.rank, &dims, "BTD")?;
+    let elem = std::mem::size_of::<T>();
+    check_workspace(
+        workspace_bytes(&shape, &modes, &opts.rank, opts.terms, elem),
+        (x.len() * elem) as u128,
+        &format!(
+            "BTD of {} terms of ranks {:?} on shape {shape:?}",
+            opts.terms, opts.rank
+        ),
+    )?;
 
     let mut als = Als::new(x, modes, opts.rank.clone(), opts.terms)?;
     als.initialise(&opts.init, opts.iter.seed)?;
@@ -310,6 +320,56 @@ pub fn btd<T: Real>(x: &ArrayViewD<'_, T>, opts: &BtdOptions<'_, T>) -> Result<B
         }
     }
     Ok(als.into_btd(conv))
+}
+
+/// An upper bound, in bytes, on the memory [`btd`] allocates for a tensor of `shape` with
+/// `terms` block terms of ranks `rank` on `modes` (elements of `elem_size` bytes, saturating).
+/// With `P = Π d_k`, `K` factorized modes and `R` terms it counts: `2 + K` tensors of size `P`
+/// (the input, its cached unfoldings, the reconstruction); twice the concatenated factors
+/// `Σ d_m·R·L_m` and the cores `R·Π L_m·Π_{kept} d_k` (the iterate and the line search's
+/// previous one); twice the largest `W` matrix `R·L_m × P/d_m` with its product; the factor
+/// normal equations `(R·L_m)²`; and six matrices the size of the core system (the system, its
+/// factorization, the pseudo-inverse fallback's SVD and product), `(R·Π L_m)²` for the direct
+/// solve or `(Π L_m)²` per term above [`DIRECT_CORE_SOLVE_MAX`] unknowns. The total is doubled for the
+/// temporaries of each step (products before assignment, QR and solver copies).
+pub fn workspace_bytes(
+    shape: &[usize],
+    modes: &[usize],
+    rank: &[usize],
+    terms: usize,
+    elem_size: usize,
+) -> u128 {
+    let r = terms as u128;
+    let len = product_u128(shape.iter().copied());
+    let prod_l = product_u128(rank.iter().copied());
+    let kept = product_u128((0..shape.len()).filter(|k| !modes.contains(k)).map(|k| shape[k]));
+    let mut elements = len.saturating_mul(2 + modes.len() as u128);
+    let cores = r.saturating_mul(prod_l).saturating_mul(kept);
+    let mut factors = 0u128;
+    let mut largest_w = 0u128;
+    let mut largest_normal = 0u128;
+    for (&m, &l) in modes.iter().zip(rank) {
+        let d = shape.get(m).copied().unwrap_or(1).max(1) as u128;
+        let rl = r.saturating_mul(l as u128);
+        factors = factors.saturating_add(d.saturating_mul(rl));
+        largest_w = largest_w.max(rl.saturating_mul(len / d));
+        largest_normal = largest_normal.max(rl.saturating_mul(rl));
+    }
+    let unknowns = r.saturating_mul(prod_l);
+    let core_system = if unknowns <= DIRECT_CORE_SOLVE_MAX as u128 {
+        unknowns.saturating_mul(unknowns)
+    } else {
+        prod_l.saturating_mul(prod_l)
+    };
+    elements = elements
+        .saturating_add(factors.saturating_add(cores).saturating_mul(2))
+        .saturating_add(largest_w.saturating_mul(2))
+        .saturating_add(largest_normal)
+        // The system, its factorization, and for the pseudo-inverse fallback U, Vᵀ and their
+        // product: six matrices of its size.
+        .saturating_add(core_system.saturating_mul(6));
+    // Temporaries (products before they are assigned, QR and solve copies) at most double it.
+    elements.saturating_mul(2).saturating_mul(elem_size as u128)
 }
 
 /// Concatenated factors and cores of one ALS iterate.

@@ -54,7 +54,10 @@ use crate::error::{GbtdError, Result};
 use crate::layout::{InputLayouts, Laid, sq_norm};
 use crate::linalg::solve_sym_right;
 use crate::openblas::SingleThreadedBlas;
-use crate::options::{Convergence, Init, IterOptions, Progress, iterative_setters, validate_given};
+use crate::options::{
+    Convergence, Init, IterOptions, Progress, check_workspace, iterative_setters, product_u128,
+    validate_given,
+};
 use crate::random::{randn2, rng};
 use crate::real::Real;
 use crate::tensor::validate_tensor;
@@ -161,6 +164,11 @@ pub fn parafac<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Resul
             "CP needs a tensor of order >= 2, got shape {shape:?}"
         )));
     }
+    check_workspace(
+        workspace_bytes(&shape, r, std::mem::size_of::<T>()),
+        (x.len() * std::mem::size_of::<T>()) as u128,
+        &format!("CP of rank {r} on shape {shape:?}"),
+    )?;
     let x = x.as_standard_layout();
     let xv = x.view();
     let nx2 = sq_norm(&xv);
@@ -207,6 +215,28 @@ pub fn parafac<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Resul
         factors,
         convergence,
     })
+}
+
+/// An upper bound, in bytes, on the memory [`parafac`] allocates for a tensor of `shape` at
+/// rank `r` with elements of `elem_size` bytes (saturating): up to three copies of `X` (its
+/// standard layout and the MTTKRP's reordered layouts), the factors and MTTKRP results
+/// (`2·Σ d_n·R`), the Gram matrices and the normal-equation workspace (`(N + 2)·R²`), and the
+/// partial Khatri–Rao products and MTTKRPs of the split (`2·(rows + cols)·R`); the total is
+/// doubled for the temporaries of each step (products before assignment, solver copies).
+pub fn workspace_bytes(shape: &[usize], r: usize, elem_size: usize) -> u128 {
+    let r = r as u128;
+    let len = product_u128(shape.iter().copied());
+    let split = balanced_split(shape).min(shape.len());
+    let rows = product_u128(shape[..split].iter().copied());
+    let cols = product_u128(shape[split..].iter().copied());
+    let sum_d: u128 = shape.iter().map(|&d| d as u128).sum();
+    let elements = len
+        .saturating_mul(3)
+        .saturating_add(sum_d.saturating_mul(r).saturating_mul(2))
+        .saturating_add(r.saturating_mul(r).saturating_mul(shape.len() as u128 + 2))
+        .saturating_add(rows.saturating_add(cols).saturating_mul(r).saturating_mul(2));
+    // Temporaries (products before they are assigned, solver copies) at most double it.
+    elements.saturating_mul(2).saturating_mul(elem_size as u128)
 }
 
 /// The initial factors (unnormalised), see the module documentation.

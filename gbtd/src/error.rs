@@ -25,6 +25,10 @@ pub enum GbtdError {
     /// An option is out of its valid range (for example a negative tolerance).
     #[error("invalid option: {0}")]
     Options(String),
+    /// The decomposition's estimated factor and workspace memory exceeds the limit of
+    /// [`crate::options::check_workspace`]; refused before anything large is allocated.
+    #[error("too large: {0}")]
+    Memory(String),
     /// A LAPACK routine reported a failure.
     #[error("linear algebra failure: {0}")]
     Linalg(String),

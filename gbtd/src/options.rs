@@ -256,3 +256,60 @@ pub fn validate_given<T: Real>(factors: &[Array2<T>], dims: &[usize], rank: &[us
     }
     Ok(())
 }
+
+/// Working memory a decomposition may plan for regardless of its input: 2 GiB.
+pub const WORKSPACE_FLOOR_BYTES: u128 = 2 << 30;
+
+/// Working memory a decomposition may plan for, as a multiple of its input's size in bytes.
+pub const WORKSPACE_INPUT_MULTIPLE: u128 = 64;
+
+/// The working-memory limit for an input of `input_bytes` bytes: the larger of
+/// [`WORKSPACE_FLOOR_BYTES`] and [`WORKSPACE_INPUT_MULTIPLE`] × `input_bytes`.
+pub fn workspace_limit(input_bytes: u128) -> u128 {
+    WORKSPACE_FLOOR_BYTES.max(WORKSPACE_INPUT_MULTIPLE.saturating_mul(input_bytes))
+}
+
+/// Refuses a decomposition whose estimated memory (`needed` bytes of factors and workspace, from
+/// [`crate::cp::workspace_bytes`], [`crate::btd::workspace_bytes`] or
+/// [`crate::tucker::workspace_bytes`]) exceeds [`workspace_limit`] of its `input_bytes`, with a
+/// [`GbtdError::Memory`] that states both. Each method calls it before allocating its factors,
+/// so an oversized rank fails at once instead of aborting the process or running for hours.
+pub fn check_workspace(needed: u128, input_bytes: u128, what: &str) -> Result<()> {
+    let limit = workspace_limit(input_bytes);
+    if needed <= limit {
+        return Ok(());
+    }
+    let fmt = |b: u128| crate::display::thousands(u64::try_from(b).unwrap_or(u64::MAX));
+    Err(GbtdError::Memory(format!(
+        "{what} needs about {} bytes of factors and workspace, more than the limit of {} bytes (the larger of 2 GiB and {WORKSPACE_INPUT_MULTIPLE} x the input's {} bytes); choose smaller ranks or fewer terms",
+        fmt(needed),
+        fmt(limit),
+        fmt(input_bytes)
+    )))
+}
+
+/// `Π values` in `u128`, saturating (estimates of absurd sizes must not overflow).
+pub(crate) fn product_u128(values: impl IntoIterator<Item = usize>) -> u128 {
+    values.into_iter().fold(1u128, |p, v| p.saturating_mul(v as u128))
+}
+
+#[cfg(test)]
+mod workspace_tests {
+    use super::*;
+
+    #[test]
+    fn limit_is_the_floor_or_the_input_multiple() {
+        assert_eq!(workspace_limit(1), 2 << 30);
+        assert_eq!(workspace_limit(1 << 30), 64 << 30);
+        assert!(check_workspace(2 << 30, 1, "x").is_ok());
+        let e = check_workspace((2 << 30) + 1, 1, "CP rank 7").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("2,147,483,649 bytes") && msg.contains("CP rank 7"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+        // Saturates instead of overflowing.
+        assert_eq!(product_u128([usize::MAX, usize::MAX, usize::MAX]), u128::MAX);
+    }
+}

@@ -66,7 +66,8 @@ use crate::layout::{InputLayouts, Laid, sq_norm};
 use crate::linalg::{WarmEig, leading_left_singular_vectors, psd_eig_top_warm, sym_eig_top, trace_gap};
 use crate::openblas::SingleThreadedBlas;
 use crate::options::{
-    Convergence, Init, IterOptions, Progress, iterative_setters, validate_given, validate_ranks,
+    Convergence, Init, IterOptions, Progress, check_workspace, iterative_setters, product_u128,
+    validate_given, validate_ranks,
 };
 use crate::random::{randn2, rng};
 use crate::real::Real;
@@ -510,7 +511,30 @@ fn validate_problem<T: Real>(
     let modes = resolve_modes(modes, x.ndim())?;
     let dims: Vec<usize> = modes.iter().map(|&m| x.shape()[m]).collect();
     validate_ranks(rank, &dims, "Tucker")?;
+    let elem = std::mem::size_of::<T>();
+    check_workspace(
+        workspace_bytes(x.shape(), &modes, rank, elem),
+        (x.len() * elem) as u128,
+        &format!("Tucker of ranks {rank:?} on shape {:?}", x.shape()),
+    )?;
     Ok((modes, dims))
+}
+
+/// An upper bound, in bytes, on the memory [`tucker`], [`hosvd`] and [`st_hosvd`] allocate for
+/// a tensor of `shape` factorized on `modes` with `rank` (elements of `elem_size` bytes,
+/// saturating): up to `3 + K` tensors of `X`'s size for `K` factorized modes (input layouts, the
+/// core and its partial products), one `d_m × d_m` unfolding Gram matrix per factorized mode,
+/// and the factors `d_m × L_m`.
+pub fn workspace_bytes(shape: &[usize], modes: &[usize], rank: &[usize], elem_size: usize) -> u128 {
+    let len = product_u128(shape.iter().copied());
+    let mut elements = len.saturating_mul(3 + modes.len() as u128);
+    for (&m, &r) in modes.iter().zip(rank) {
+        let d = shape.get(m).copied().unwrap_or(0) as u128;
+        elements = elements
+            .saturating_add(d.saturating_mul(d))
+            .saturating_add(d.saturating_mul(r as u128));
+    }
+    elements.saturating_mul(elem_size as u128)
 }
 
 /// The orthonormal factor `Q` of the thin QR decomposition of a `(d × r)` matrix, `r ≤ d`.

@@ -590,6 +590,45 @@ fn bad_input_gives_one_error_line_and_no_output() {
         "nope.safetensors",
     );
     expect_failure(&["info", s(&d.join("nope.npz"))], &[], "nope.npz");
+    // Ranks whose factors and workspace would not fit are refused before anything is
+    // allocated (CP rank 100000: a 100000² Gram matrix), with the bytes needed.
+    expect_failure(
+        &with_out(&[ks, "--method", "cp", "--rank", "100000"], outs),
+        o,
+        "bytes of factors and workspace",
+    );
+    expect_failure(
+        &with_out(
+            &[ks, "--method", "btd", "--terms", "1000000", "--rank", "1,1"],
+            outs,
+        ),
+        o,
+        "bytes of factors and workspace",
+    );
+    // reconstruct into a missing directory names the directory, not a temporary file.
+    let factors = d.join("f.safetensors");
+    ok(&gbtd(&[
+        "decompose",
+        ks,
+        "--method",
+        "cp",
+        "--rank",
+        "2",
+        "--out",
+        s(&factors),
+        "--quiet",
+    ]));
+    let nowhere = d.join("absent/r.npy");
+    let absent = d.join("absent");
+    let out = gbtd(&["reconstruct", s(&factors), "--out", s(&nowhere)]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("directory {} does not exist", absent.display())) && !err.contains(".gbtd-"),
+        "{err}"
+    );
+    std::fs::remove_file(&factors).unwrap();
 
     // Nothing but the fixtures is left in the directory (no temporary files either).
     let mut names: Vec<String> = std::fs::read_dir(d)
@@ -654,4 +693,94 @@ fn factors_do_not_depend_on_the_thread_count() {
             "{method}: factors differ between 1 and 2 threads"
         );
     }
+}
+
+/// Ranks that make the layer larger than the original are warned about on stderr (not with
+/// `--json` or `--quiet`); compressing ranks are not. Parameter counts computed here.
+#[test]
+fn growing_ranks_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.npy");
+    // A depthwise-like kernel (8, 1, 5, 5): 200 parameters.
+    write_npy(&k, &randn(&[8, 1, 5, 5], 3)).unwrap();
+    let ks = s(&k);
+    // CP rank R holds R·(8 + 1 + 5 + 5) + R weights: rank 2 → 40 < 200, rank 20 → 400 > 200.
+    let run = |rank: &str, extra: &[&str]| {
+        let mut args = vec![
+            "decompose",
+            ks,
+            "--method",
+            "cp",
+            "--rank",
+            rank,
+            "--max-iter",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        gbtd(&args)
+    };
+    let grow = run("20", &[]);
+    ok(&grow);
+    let err = stderr(&grow);
+    assert!(
+        err.contains("warning: these ranks make the layer larger than the original"),
+        "{err}"
+    );
+    for extra in [&["--json"][..], &["--quiet"][..]] {
+        let o = run("20", extra);
+        ok(&o);
+        assert!(!stderr(&o).contains("warning"), "{extra:?}: {}", stderr(&o));
+    }
+    let shrink = run("2", &[]);
+    ok(&shrink);
+    assert!(!stderr(&shrink).contains("warning"), "{}", stderr(&shrink));
+}
+
+/// f32 values near `f32::MAX` (whose squares overflow f32, which made LAPACK fail) decompose:
+/// `X = Y·2^127` is exact, and the relative error is scale-invariant, so every method must give
+/// the error of `Y` itself, and the rebuilt tensor must be `2^127` times `Y`'s. Forcing
+/// `--dtype f32` says to use f64 instead, without output.
+#[test]
+fn values_near_f32_max_decompose() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Y in [1, 1.99]: X = Y·2^127 reaches 3.4e38, just below f32::MAX.
+    let y = randn(&[8, 6, 3, 3], 21).mapv(|v| (1.5 + 0.16 * v.clamp(-3.0, 3.0)) as f32);
+    let scale = 2f32.powi(127);
+    let x = y.mapv(|v| v * scale);
+    assert!(x.iter().all(|v| v.is_finite()) && x.iter().any(|&v| v > 3.0e38));
+    let (yp, xp) = (d.join("y.npy"), d.join("x.npy"));
+    write_npy(&yp, &y).unwrap();
+    write_npy(&xp, &x).unwrap();
+    for (tag, method) in [
+        ("tucker2", &["--method", "tucker2", "--rank", "3,2"][..]),
+        ("cp", &["--method", "cp", "--rank", "3"][..]),
+        ("btd", &["--method", "btd", "--terms", "2", "--rank", "2,2"][..]),
+    ] {
+        let mut ya = method.to_vec();
+        ya.extend_from_slice(&["--dtype", "f64"]);
+        let small = decompose_and_rebuild(d, &yp, &ya, &format!("{tag}-y"));
+        let big = decompose_and_rebuild(d, &xp, method, &format!("{tag}-x"));
+        let (es, eb) = (num(&small.json, "rel_error"), num(&big.json, "rel_error"));
+        assert!(es > 0.0 && (es - eb).abs() <= 1e-9 * es, "{tag}: {es} vs {eb}");
+        let expect = small.rebuilt.mapv(|v| v * f64::from(scale));
+        assert!(rel_err(&big.rebuilt, &expect) < 1e-6, "{tag}: rebuilt differs");
+    }
+    let out = d.join("f.safetensors");
+    expect_failure(
+        &[
+            "decompose",
+            s(&xp),
+            "--method",
+            "cp",
+            "--rank",
+            "3",
+            "--dtype",
+            "f32",
+            "--out",
+            s(&out),
+        ],
+        &[&out],
+        "rerun with --dtype f64",
+    );
 }

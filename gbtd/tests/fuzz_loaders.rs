@@ -261,12 +261,35 @@ fn check_ckpt(r: Result<pth::Checkpoint, pth::PthError>) -> Result<bool, String>
     }
 }
 
+/// Lists and reads `path`: a typed error must be one line, a read tensor must match its shape.
 fn check_io(path: &Path) -> Result<bool, String> {
-    // Only panics, aborts and allocations are checked here: the .npy reader still passes
-    // ndarray-npy's multi-line header-parse messages through (reported, not owned here).
-    let listed = gbtd::formats::list_tensors(path);
-    let read = gbtd::formats::read_tensor(path, None);
-    Ok(listed.is_ok() && read.is_ok())
+    let one_line = |e: gbtd::formats::IoError| {
+        let msg = e.to_string();
+        if msg.is_empty() || msg.contains('\n') {
+            Err(format!("error message not one line: {msg:?}"))
+        } else {
+            Ok(false)
+        }
+    };
+    let listed = match gbtd::formats::list_tensors(path) {
+        Ok(_) => true,
+        Err(e) => one_line(e)?,
+    };
+    let read = match gbtd::formats::read_tensor(path, None) {
+        Ok(t) => {
+            let n: usize = t.data.shape().iter().product();
+            let len = match &t.data {
+                gbtd::formats::AnyTensor::F32(a) => a.len(),
+                gbtd::formats::AnyTensor::F64(a) => a.len(),
+            };
+            if len != n {
+                return Err(format!("data does not match shape {:?}", t.data.shape()));
+            }
+            true
+        }
+        Err(e) => one_line(e)?,
+    };
+    Ok(listed && read)
 }
 
 /// Cases per seed file in `cargo test`, or a time budget from `GBTD_FUZZ_SECONDS`.
@@ -493,6 +516,68 @@ fn fuzz_npy_npz_safetensors() {
                 std::fs::write(&target, &m).unwrap();
                 rep.case(&format!("{ext} #{i} ({how})"), m.len(), || check_io(&target));
                 i += 1;
+            }
+        }
+    });
+}
+
+/// Every single-bit flip of an `.npy` seed's header and of a whole small `.npz` seed (fixed, no
+/// randomness): the version byte (`1 -> 3` makes the header length a `u32`) and the zip
+/// directory's sizes are where oversized allocations came from. Errors must be one line.
+#[test]
+fn every_bit_flip_of_npy_header_and_npz() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
+        (ix[0] * 20 + ix[1] * 5 + ix[2]) as f32 * 0.25
+    });
+    let npy = dir.path().join("seed.npy");
+    gbtd::formats::write_npy(&npy, &x).unwrap();
+    let npz = dir.path().join("seed.npz");
+    {
+        let mut w = ndarray_npy::NpzWriter::new_compressed(std::fs::File::create(&npz).unwrap());
+        w.add_array("a", &x).unwrap();
+        w.add_array("b", &x.mapv(|v| v as f64)).unwrap();
+        w.finish().unwrap();
+    }
+    // The uncompressed archive of `fuzz_npy_npz_safetensors`: its zip directory (the last
+    // bytes) holds the member sizes.
+    let stored = dir.path().join("stored.npz");
+    {
+        let mut w = ndarray_npy::NpzWriter::new(std::fs::File::create(&stored).unwrap());
+        w.add_array("a", &x).unwrap();
+        w.add_array("b", &x.mapv(|v| v as f64)).unwrap();
+        w.finish().unwrap();
+    }
+    let stored_len = std::fs::metadata(&stored).unwrap().len() as usize;
+    let one_line = |r: Result<(), String>| match r {
+        Err(e) if e.is_empty() || e.contains('\n') => Err(format!("error not one line: {e:?}")),
+        Err(_) => Ok(false),
+        Ok(()) => Ok(true),
+    };
+    run_quietly("bit flips", |rep| {
+        let cases = [
+            (&npy, 0..128),
+            (&npz, 0..usize::MAX),
+            (&stored, stored_len - 256..stored_len),
+        ];
+        for (seed_path, span) in cases {
+            let seed = std::fs::read(seed_path).unwrap();
+            let ext = seed_path.extension().unwrap().to_str().unwrap();
+            let target = dir.path().join(format!("flip.{ext}"));
+            for at in span.start..seed.len().min(span.end) {
+                for bit in 0..8 {
+                    let mut m = seed.clone();
+                    m[at] ^= 1 << bit;
+                    std::fs::write(&target, &m).unwrap();
+                    rep.case(&format!("{ext} byte {at} bit {bit}"), m.len(), || {
+                        let listed = gbtd::formats::list_tensors(&target).map(|_| ());
+                        let name = (ext == "npz").then_some("a");
+                        let read = gbtd::formats::read_tensor(&target, name).map(|_| ());
+                        let a = one_line(listed.map_err(|e| e.to_string()))?;
+                        let b = one_line(read.map_err(|e| e.to_string()))?;
+                        Ok(a && b)
+                    });
+                }
             }
         }
     });

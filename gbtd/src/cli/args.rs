@@ -31,7 +31,13 @@ Methods and ranks (ranks are listed in the order of the factorized modes):
 
 Reported: relative error ||X - X_hat|| / ||X|| (recomputed from the reconstruction), parameters before
 (elements of X) and after (cores + factors + weights), compression = before / after, sweeps run and
-the seconds spent in the decomposition itself (file I/O excluded).
+the seconds spent in the decomposition itself (file I/O excluded). A warning on stderr (not with
+--json/--quiet) says when the ranks make the layer larger than the original (compression < 1).
+
+Limits: a run whose estimated factor and workspace memory exceeds the larger of 2 GiB and 64 x the
+input's size is refused before it starts, with the bytes it would need. Tensors with entries beyond
+2^30 or below 2^-30 in magnitude are scaled by a power of two (exactly) while decomposing; f32 data
+beyond 2^60 or below 2^-60 is computed in f64 with --dtype auto.
 
 Examples:
   gbtd decompose kernel.npy --method tucker2 --rank 64,64 --out k.safetensors

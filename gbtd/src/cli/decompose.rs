@@ -223,7 +223,12 @@ pub fn run(args: &DecomposeArgs) -> Result<()> {
     let shape = input.data.shape().to_vec();
     let plan = plan(args, &shape)?;
     let use_f64 = match args.dtype {
-        DtypeArg::Auto => matches!(input.data, AnyTensor::F64(_)),
+        // f32 data near the ends of its range (beyond 2^±60) is decomposed in f64: its core
+        // and weights (up to ‖X‖) would not fit in f32.
+        DtypeArg::Auto => match &input.data {
+            AnyTensor::F64(_) => true,
+            AnyTensor::F32(a) => scale_exponent(a).abs() > 60,
+        },
         DtypeArg::F32 => false,
         DtypeArg::F64 => true,
     };
@@ -263,7 +268,21 @@ pub fn run(args: &DecomposeArgs) -> Result<()> {
         error_history: outcome.history,
         out: args.out.as_ref().map(|p| p.display().to_string()),
     };
+    if report.compression < 1.0 && !args.json && !args.quiet {
+        eprintln!("{}", growth_warning(report.params_before, report.params_after));
+    }
     print_report(&report, args.json).context("cannot write to standard output")
+}
+
+/// The stderr warning for ranks that make the factorized layer larger than the original
+/// (compression `params_before / params_after` below 1).
+fn growth_warning(params_before: usize, params_after: usize) -> String {
+    format!(
+        "warning: these ranks make the layer larger than the original ({} parameters instead of {}, compression {:.2}×); choose smaller ranks to compress it",
+        report::count(params_after),
+        report::count(params_before),
+        params_before as f64 / params_after.max(1) as f64
+    )
 }
 
 fn print_report(r: &Report, json: bool) -> std::io::Result<()> {
@@ -339,23 +358,42 @@ fn run_typed<T: Real>(x: ArrayD<T>, plan: &Plan, args: &DecomposeArgs) -> Result
         bar.set_position(sweep as u64);
         bar.set_message(format!("rel. error {}", report::error(err)));
     };
-    let xv = x.view();
+    // Entries near the type's limits (f32 values near 3e38 square to infinity in the Gram
+    // matrices): decompose X·2^-e, then scale the result back by 2^e (exact, powers of two);
+    // the relative error is scale-invariant.
+    let exponent = scale_exponent(&x);
+    let scaled = (exponent != 0).then(|| {
+        let down = T::from_f64_lossy((-f64::from(exponent)).exp2());
+        x.mapv(|v| v * down)
+    });
+    let up = T::from_f64_lossy(f64::from(exponent).exp2());
+    let xv = scaled.as_ref().unwrap_or(&x).view();
     let start = Instant::now();
-    let result: gbtd::Result<Box<dyn Decomposition<T>>> = match plan.method {
+    // The relative error, on the scaled problem (its reconstruction is always representable).
+    let scaled_error = |d: &dyn Decomposition<T>| relative_error(&xv, &d.reconstruct()?.view());
+    let result: gbtd::Result<(Box<dyn Decomposition<T>>, f64)> = match plan.method {
         Method::Tucker | Method::Tucker2 => {
             let opts = TuckerOptions::new(plan.ranks.clone())
                 .with_modes(plan.modes.clone())
                 .with_iter(iter)
                 .with_init(init())
                 .with_progress(&tick);
-            tucker(&xv, &opts).map(|d| Box::new(d) as _)
+            tucker(&xv, &opts).and_then(|mut d| {
+                let e = scaled_error(&d)?;
+                d.core.mapv_inplace(|v| v * up);
+                Ok((Box::new(d) as _, e))
+            })
         }
         Method::Cp => {
             let opts = CpOptions::new(plan.terms)
                 .with_iter(iter)
                 .with_init(init())
                 .with_progress(&tick);
-            parafac(&xv, &opts).map(|d| Box::new(d) as _)
+            parafac(&xv, &opts).and_then(|mut d| {
+                let e = scaled_error(&d)?;
+                d.weights.mapv_inplace(|v| v * up);
+                Ok((Box::new(d) as _, e))
+            })
         }
         Method::Btd => {
             let opts = BtdOptions::new(plan.terms, plan.ranks.clone())
@@ -363,14 +401,28 @@ fn run_typed<T: Real>(x: ArrayD<T>, plan: &Plan, args: &DecomposeArgs) -> Result
                 .with_iter(iter)
                 .with_init(init())
                 .with_progress(&tick);
-            btd(&xv, &opts).map(|d| Box::new(d) as _)
+            btd(&xv, &opts).and_then(|mut d| {
+                let e = scaled_error(&d)?;
+                for t in &mut d.terms {
+                    t.core.mapv_inplace(|v| v * up);
+                }
+                Ok((Box::new(d) as _, e))
+            })
         }
     };
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let decomposition = result.with_context(|| format!("{} failed", plan.method))?;
-    let rebuilt = decomposition.reconstruct().context("reconstruction failed")?;
-    let rel_error = relative_error(&xv, &rebuilt.view())?;
+    let (decomposition, rel_error) = result.with_context(|| format!("{} failed", plan.method))?;
+    if exponent != 0
+        && decomposition
+            .named_tensors()
+            .iter()
+            .any(|(_, t)| t.iter().any(|v| !v.to_f64_exact().is_finite()))
+    {
+        bail!(
+            "the factors of this tensor (entries up to 2^{exponent}) do not fit the range of f32; rerun with --dtype f64"
+        );
+    }
     let conv = decomposition.convergence().clone();
     let params_after = decomposition.n_params();
     if let Some(out) = &args.out {
@@ -401,6 +453,17 @@ fn run_typed<T: Real>(x: ArrayD<T>, plan: &Plan, args: &DecomposeArgs) -> Result
         seconds,
         history: conv.errors,
     })
+}
+
+/// The exponent `e` with `max |x| · 2^-e` in `[1, 2)` when `max |x|` lies outside
+/// `[2^-30, 2^30]`, else 0 (no scaling): squares and Gram matrices of the scaled tensor stay
+/// far from overflow and underflow in `f32`.
+fn scale_exponent<T: Real>(x: &ArrayD<T>) -> i32 {
+    let max = x.iter().fold(0.0f64, |m, v| m.max(v.to_f64_exact().abs()));
+    if max == 0.0 || !max.is_finite() || (2f64.powi(-30)..=2f64.powi(30)).contains(&max) {
+        return 0;
+    }
+    max.log2().floor() as i32
 }
 
 fn progress_bar(quiet: bool, max_iter: usize, method: Method) -> ProgressBar {

@@ -6,7 +6,8 @@ use std::path::Path;
 use super::{IoError, IoResult};
 
 /// Writes a file atomically: `write` fills a temporary file in `path`'s directory, which is
-/// flushed, synced and renamed to `path`. On any error the temporary file is removed and `path`
+/// flushed, synced and renamed to `path`. A missing directory is reported as such
+/// ([`IoError::MissingDirectory`]) before anything is created. On any error the temporary file is removed and `path`
 /// is untouched.
 pub fn write_atomic<F>(path: &Path, write: F) -> IoResult<()>
 where
@@ -20,6 +21,13 @@ where
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Say which directory is missing, not the temporary file that could not be created in it.
+    if !dir.is_dir() {
+        return Err(IoError::MissingDirectory {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+        });
+    }
     let tmp = tempfile::Builder::new()
         .prefix(".gbtd-")
         .suffix(".part")

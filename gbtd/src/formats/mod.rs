@@ -69,6 +69,14 @@ pub enum IoError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The destination's directory does not exist (nothing was written).
+    #[error("cannot write {}: directory {} does not exist; create it first or choose another path", path.display(), dir.display())]
+    MissingDirectory {
+        /// The destination.
+        path: PathBuf,
+        /// Its parent directory.
+        dir: PathBuf,
+    },
     /// The file name has none of the supported extensions.
     #[error("{}: unknown file type; expected {expected}", path.display())]
     UnknownFormat {
@@ -87,8 +95,10 @@ pub enum IoError {
     },
     /// The tensor is stored with an element type this crate does not read.
     #[error(
-        "{}: tensor '{name}' has dtype {dtype}, which is not supported (use float64, float32, float16 or bfloat16)",
-        path.display()
+        "{}: tensor '{}' has dtype {}, which is not supported (use float64, float32, float16 or bfloat16)",
+        path.display(),
+        escape_controls(name),
+        escape_controls(dtype)
     )]
     UnsupportedDtype {
         /// The file.
@@ -99,7 +109,7 @@ pub enum IoError {
         dtype: String,
     },
     /// No tensor of that name is in the file.
-    #[error("{}: no tensor named '{name}'; the file holds: {available}", path.display())]
+    #[error("{}: no tensor named '{}'; the file holds: {available}", path.display(), escape_controls(name))]
     TensorNotFound {
         /// The file.
         path: PathBuf,
@@ -339,11 +349,27 @@ pub(crate) fn read_bytes(path: &Path) -> IoResult<Vec<u8>> {
     })
 }
 
+/// A [`IoError::Corrupt`] error. Control characters in `msg` (from names read out of a corrupt
+/// file) are escaped, so the message stays on one line.
 pub(crate) fn corrupt(path: &Path, msg: impl Into<String>) -> IoError {
+    let msg: String = msg.into();
     IoError::Corrupt {
         path: path.to_path_buf(),
-        msg: msg.into(),
+        msg: escape_controls(&msg),
     }
+}
+
+/// `s` with control characters written as escapes (`\n`, `\u{3}`); other characters unchanged.
+pub(crate) fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Names joined for an error message: all of them up to 16, otherwise the first 16 and a count.
@@ -355,7 +381,7 @@ pub(crate) fn name_list(names: &[String]) -> String {
     let mut s = names
         .iter()
         .take(SHOWN)
-        .map(|n| format!("'{n}'"))
+        .map(|n| format!("'{}'", escape_controls(n)))
         .collect::<Vec<_>>()
         .join(", ");
     if names.len() > SHOWN {

@@ -5,7 +5,7 @@
 //! order; anything else (integers, pickled objects `|O`) is reported as unsupported without
 //! being decoded. The header is parsed by `ndarray-npy`.
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use ndarray::ArrayD;
@@ -36,15 +36,75 @@ fn descr_of(header: &Header) -> String {
     descr.trim_matches(|c| c == '\'' || c == '"').to_string()
 }
 
-/// Name, dtype and shape of a `.npy` stream from its header alone (`what` names it in errors).
-pub(crate) fn header_info_from<R: std::io::Read>(
+/// Largest `.npy` header text accepted, in bytes. numpy itself refuses headers over 10,000
+/// bytes unless told otherwise; a header this long would describe an array of thousands of
+/// dimensions.
+pub const NPY_MAX_HEADER_LEN: u64 = 1 << 16;
+
+/// One line from a possibly multi-line parser message: lines that only draw the source excerpt
+/// (`  |`, `1 | …`) are dropped, the rest joined with single spaces.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .filter(|l| !l.contains('|'))
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses the header of a `.npy` stream of at most `available` bytes.
+///
+/// The preamble is read here first: 6 magic bytes `\x93NUMPY`, the major and minor version, then
+/// the header length (`u16` little-endian in version 1, `u32` in versions 2 and 3). The length
+/// must fit both [`NPY_MAX_HEADER_LEN`] and the bytes left in the stream, so a corrupt length
+/// never makes the header parser allocate more than the file justifies. The checked preamble
+/// and the rest of the stream then go to `ndarray-npy`'s parser.
+fn read_header<R: Read>(reader: &mut R, available: u64, path: &Path, what: &str) -> IoResult<Header> {
+    let bad = |msg: String| corrupt(path, format!("{what}: bad .npy header: {msg}"));
+    let mut pre = vec![0u8; 10];
+    reader
+        .read_exact(&mut pre)
+        .map_err(|_| bad("shorter than the 10-byte .npy preamble".into()))?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return Err(bad(
+            "missing the \\x93NUMPY magic string (not a .npy file?)".into()
+        ));
+    }
+    let header_len = match pre[6] {
+        1 => u64::from(u16::from_le_bytes([pre[8], pre[9]])),
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            reader
+                .read_exact(&mut more)
+                .map_err(|_| bad("truncated inside the preamble".into()))?;
+            pre.extend_from_slice(&more);
+            u64::from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]))
+        }
+        v => {
+            return Err(bad(format!(
+                "unsupported format version {v}.{} (expected 1, 2 or 3)",
+                pre[7]
+            )));
+        }
+    };
+    let left = available.saturating_sub(pre.len() as u64);
+    if header_len > left || header_len > NPY_MAX_HEADER_LEN {
+        return Err(bad(format!(
+            "declares a {header_len}-byte header but {left} bytes follow the preamble (at most {NPY_MAX_HEADER_LEN} accepted)"
+        )));
+    }
+    Header::from_reader(&mut pre.as_slice().chain(reader)).map_err(|e| bad(one_line(&e.to_string())))
+}
+
+/// Name, dtype and shape of a `.npy` stream of at most `available` bytes from its header alone
+/// (`what` names it in errors).
+pub(crate) fn header_info_from<R: Read>(
     reader: &mut R,
+    available: u64,
     path: &Path,
     what: &str,
     name: &str,
 ) -> IoResult<TensorInfo> {
-    let header =
-        Header::from_reader(reader).map_err(|e| corrupt(path, format!("{what}: bad .npy header: {e}")))?;
+    let header = read_header(reader, available, path, what)?;
     let descr = descr_of(&header);
     Ok(TensorInfo {
         name: name.to_string(),
@@ -56,11 +116,13 @@ pub(crate) fn header_info_from<R: std::io::Read>(
 
 /// Name (empty), dtype and shape of a `.npy` file, reading only its header.
 pub fn header_info(path: &Path) -> IoResult<TensorInfo> {
-    let file = File::open(path).map_err(|source| IoError::Read {
+    let read_err = |source| IoError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    header_info_from(&mut BufReader::new(file), path, "array", "")
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
+    header_info_from(&mut BufReader::new(file), len, path, "array", "")
 }
 
 /// Reads the array of a `.npy` file (not yet checked finite: see [`super::read_tensor`]).
@@ -83,8 +145,7 @@ pub(crate) struct NpyParts<'a> {
 /// that follows has exactly the size the header describes (for supported dtypes).
 pub(crate) fn parse_npy<'a>(bytes: &'a [u8], path: &Path, what: &str) -> IoResult<NpyParts<'a>> {
     let mut rest = bytes;
-    let header =
-        Header::from_reader(&mut rest).map_err(|e| corrupt(path, format!("{what}: bad .npy header: {e}")))?;
+    let header = read_header(&mut rest, bytes.len() as u64, path, what)?;
     let descr = descr_of(&header);
     let dtype = dtype_of(&descr);
     if let Some((dt, _)) = dtype {

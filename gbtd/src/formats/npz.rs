@@ -13,10 +13,27 @@ pub const NPZ_MEMBER_LIMIT: u64 = 64 << 30;
 
 type Zip = zip::ZipArchive<std::io::Cursor<Vec<u8>>>;
 
-fn open_npz(path: &Path) -> IoResult<Zip> {
+/// Deflate's largest possible expansion: one compressed byte inflates to at most 1032 bytes
+/// (a maximal back-reference of 258 bytes costs at least 2 bits).
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// The archive and the file's length in bytes.
+fn open_npz(path: &Path) -> IoResult<(Zip, u64)> {
     let bytes = read_bytes(path)?;
-    zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| corrupt(path, format!("not a readable .npz (zip) archive: {e}")))
+    let len = bytes.len() as u64;
+    let zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| corrupt(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    Ok((zip, len))
+}
+
+/// The most bytes a member can inflate to: its compressed bytes (at most the whole file) times
+/// the compression method's largest ratio (1 for stored members).
+fn justified_size(member: &zip::read::ZipFile<'_, std::io::Cursor<Vec<u8>>>, file_len: u64) -> u64 {
+    let compressed = member.compressed_size().min(file_len);
+    match member.compression() {
+        zip::CompressionMethod::Stored => compressed,
+        _ => compressed.saturating_mul(DEFLATE_MAX_RATIO),
+    }
 }
 
 /// The array names of an `.npz` archive (member names without their `.npy` suffix), in archive
@@ -28,38 +45,66 @@ fn npz_names(zip: &Zip) -> Vec<String> {
         .collect()
 }
 
-fn npz_member_bytes(zip: &mut Zip, index: usize, path: &Path, name: &str) -> IoResult<Vec<u8>> {
+/// The inflated bytes of member `index`. Its declared size must be at most [`NPZ_MEMBER_LIMIT`]
+/// and what its compressed bytes can hold, and the member must inflate to exactly that size;
+/// nothing beyond the declared size is read.
+fn npz_member_bytes(
+    zip: &mut Zip,
+    file_len: u64,
+    index: usize,
+    path: &Path,
+    name: &str,
+) -> IoResult<Vec<u8>> {
     let mut f = zip
         .by_index(index)
         .map_err(|e| corrupt(path, format!("member '{name}': {e}")))?;
     let declared = f.size();
-    if declared > NPZ_MEMBER_LIMIT {
+    let justified = justified_size(&f, file_len);
+    if declared > NPZ_MEMBER_LIMIT || declared > justified {
         return Err(corrupt(
             path,
-            format!("member '{name}' declares {declared} bytes"),
+            format!(
+                "member '{name}' declares {declared} bytes, more than its compressed data can hold ({justified}) or the {NPZ_MEMBER_LIMIT}-byte limit"
+            ),
         ));
     }
-    let mut out = Vec::with_capacity(declared.min(64 << 20) as usize);
+    let mut out = Vec::with_capacity(declared as usize);
     (&mut f)
-        .take(NPZ_MEMBER_LIMIT)
+        .take(declared + 1)
         .read_to_end(&mut out)
         .map_err(|e| corrupt(path, format!("member '{name}': {e}")))?;
+    if out.len() as u64 != declared {
+        return Err(corrupt(
+            path,
+            format!(
+                "member '{name}' declares {declared} bytes but holds {}{}",
+                if out.len() as u64 > declared {
+                    "more than "
+                } else {
+                    ""
+                },
+                out.len().min(declared as usize)
+            ),
+        ));
+    }
     Ok(out)
 }
 
 /// The tensors of an `.npz` archive in archive order, from each member's `.npy` header (a
 /// compressed member is decompressed only up to the end of its header).
 pub fn list(path: &Path) -> IoResult<Vec<TensorInfo>> {
-    let mut zip = open_npz(path)?;
+    let (mut zip, file_len) = open_npz(path)?;
     let names = npz_names(&zip);
     let mut out = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
         let mut member = zip
             .by_index(i)
             .map_err(|e| corrupt(path, format!("member '{name}': {e}")))?;
+        let declared = member.size().min(justified_size(&member, file_len));
         let mut limited = (&mut member).take(NPZ_MEMBER_LIMIT);
         out.push(header_info_from(
             &mut limited,
+            declared,
             path,
             &format!("member '{name}'"),
             &name,
@@ -71,7 +116,7 @@ pub fn list(path: &Path) -> IoResult<Vec<TensorInfo>> {
 /// Reads the member `name` of an `.npz` archive, or its only member when `name` is `None` (not
 /// yet checked finite: see [`super::read_tensor`]).
 pub fn read(path: &Path, name: Option<&str>) -> IoResult<NamedTensor> {
-    let mut zip = open_npz(path)?;
+    let (mut zip, file_len) = open_npz(path)?;
     let names = npz_names(&zip);
     let index = match name {
         Some(n) => names
@@ -92,7 +137,7 @@ pub fn read(path: &Path, name: Option<&str>) -> IoResult<NamedTensor> {
         }
     };
     let member = names[index].clone();
-    let bytes = npz_member_bytes(&mut zip, index, path, &member)?;
+    let bytes = npz_member_bytes(&mut zip, file_len, index, path, &member)?;
     let parts = parse_npy(&bytes, path, &format!("member '{member}'"))?;
     npy_to_tensor(parts, path, &member)
 }
