@@ -297,7 +297,7 @@ fn invalid_configurations_say_what_is_wrong_and_what_is_valid() {
     let e = rejected(&["emit", "--preset", "resnet51"]);
     assert!(e.contains("resnet50") && e.contains("crunet116"), "{e}");
     // Usage errors (clap) are one line too.
-    rejected(&["--R", "x", "--rank", "4"]);
+    rejected(&["emit", "--R", "x", "--rank", "4"]);
 }
 
 #[test]
@@ -326,6 +326,7 @@ fn help_works_without_ld_library_path() {
 #[test]
 fn cru_stages_are_named_in_both_numberings() {
     let e = rejected(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -339,9 +340,20 @@ fn cru_stages_are_named_in_both_numberings() {
         e.contains("CRU stage conv9 (stage 7) does not exist") && e.contains("conv2..conv5 (stages 0..3)"),
         "{e}"
     );
-    let e = rejected(&["--R", "32", "--rank", "4", "--share", "6", "--cru-stages", "7"]);
+    let e = rejected(&[
+        "emit",
+        "--R",
+        "32",
+        "--rank",
+        "4",
+        "--share",
+        "6",
+        "--cru-stages",
+        "7",
+    ]);
     assert!(e.contains("conv9 (stage 7)"), "{e}");
     let e = rejected(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -354,6 +366,7 @@ fn cru_stages_are_named_in_both_numberings() {
     assert!(e.contains("'convX' is not a stage"), "{e}");
     // Both forms, comma-separated, pick the same stages.
     let a = json(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -366,6 +379,7 @@ fn cru_stages_are_named_in_both_numberings() {
         "--json",
     ]);
     let b = json(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -389,28 +403,41 @@ fn cru_stages_are_named_in_both_numberings() {
 
 #[test]
 fn inputs_too_small_for_the_strides_are_refused_with_the_minimum() {
-    let e = rejected(&["--R", "8", "--rank", "4", "--input", "1"]);
+    let e = rejected(&["emit", "--R", "8", "--rank", "4", "--input", "1"]);
     assert!(
         e.contains("input size 1 is too small") && e.contains("smallest input is 4"),
         "{e}"
     );
-    let e = rejected(&["--R", "8", "--rank", "4", "--input", "4", "--first-stride", "2"]);
+    let e = rejected(&[
+        "emit",
+        "--R",
+        "8",
+        "--rank",
+        "4",
+        "--input",
+        "4",
+        "--first-stride",
+        "2",
+    ]);
     assert!(e.contains("smallest input is 8"), "{e}");
     let e = rejected(&["emit", "--preset", "resnet50", "--input", "16"]);
     assert!(e.contains("smallest input is 32"), "{e}");
     // The minimum itself is accepted: 1×1 after the last stage.
-    let v = json(&["--R", "8", "--rank", "4", "--input", "4", "--json"]);
+    let v = json(&["emit", "--R", "8", "--rank", "4", "--input", "4", "--json"]);
     assert_eq!(v["stages"][2]["out_size"], 1);
 }
 
 #[test]
 fn uneven_share_groups_need_to_be_asked_for() {
-    let e = rejected(&["--R", "32", "--rank", "4", "--share", "7", "--depth", "116"]);
+    let e = rejected(&[
+        "emit", "--R", "32", "--rank", "4", "--share", "7", "--depth", "116",
+    ]);
     assert!(
         e.contains("uneven share groups 7 + 7 + 4") && e.contains("--allow-uneven-share"),
         "{e}"
     );
     let v = json(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -426,6 +453,7 @@ fn uneven_share_groups_need_to_be_asked_for() {
     assert_eq!(v["spec"]["stages"][2]["depth"], 18);
     // The table shows the uneven grouping.
     let o = netgen(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -445,7 +473,7 @@ fn the_main_training_configuration_on_28x28_works() {
     // counts equal the PyTorch rebuild's (tests/table1.rs): 7,709,130 parameters and
     // 1,658,276,864 multiply-adds per 28×28×1 image.
     let v = json(&[
-        "--R", "32", "--rank", "4", "--share", "6", "--input", "28", "--json",
+        "emit", "--R", "32", "--rank", "4", "--share", "6", "--input", "28", "--json",
     ]);
     let depths: Vec<u64> = v["spec"]["stages"]
         .as_array()
@@ -461,7 +489,7 @@ fn the_main_training_configuration_on_28x28_works() {
     assert_eq!(v["spec"]["in_channels"], 1);
     // With a depth that cannot hold the share, the error names one that can.
     let e = rejected(&[
-        "--R", "32", "--rank", "4", "--share", "6", "--input", "28", "--depth", "29",
+        "emit", "--R", "32", "--rank", "4", "--share", "6", "--input", "28", "--depth", "29",
     ]);
     assert!(e.contains("--depth 56 ([6, 6, 6])"), "{e}");
 }
@@ -489,6 +517,7 @@ fn first_stride_cuts_the_cost_not_the_parameters() {
     assert_eq!(s2["spec"]["stages"][0]["stride"], 2);
     // The GBTD form too, and a spec written with it loads back with the stride.
     let g = json(&[
+        "emit",
         "--R",
         "8",
         "--rank",
@@ -501,16 +530,16 @@ fn first_stride_cuts_the_cost_not_the_parameters() {
     ]);
     assert_eq!(g["spec"]["stages"][0]["stride"], 2);
     assert_eq!(g["stages"][0]["out_size"], 14);
-    rejected(&["--R", "8", "--rank", "4", "--first-stride", "0"]);
+    rejected(&["emit", "--R", "8", "--rank", "4", "--first-stride", "0"]);
 }
 
 #[test]
 fn share_1_is_the_network_without_sharing() {
     for (r, rank) in [("32", "4"), ("1", "64")] {
         for input in ["224", "28"] {
-            let plain = json(&["--R", r, "--rank", rank, "--input", input, "--json"]);
+            let plain = json(&["emit", "--R", r, "--rank", rank, "--input", input, "--json"]);
             let one = json(&[
-                "--R", r, "--rank", rank, "--input", input, "--share", "1", "--json",
+                "emit", "--R", r, "--rank", rank, "--input", input, "--share", "1", "--json",
             ]);
             assert_eq!(one["spec"], plain["spec"], "R {r}, input {input}");
             assert_eq!(one["params"], plain["params"], "R {r}, input {input}");
@@ -525,10 +554,11 @@ fn share_1_is_the_network_without_sharing() {
     }
     // ResNeXt-50 32×4d's torchvision count, not a 31.5M CRU with one-unit groups.
     assert_eq!(
-        json(&["--R", "32", "--rank", "4", "--share", "1", "--json"])["params"],
+        json(&["emit", "--R", "32", "--rank", "4", "--share", "1", "--json"])["params"],
         25_028_904
     );
     let e = rejected(&[
+        "emit",
         "--R",
         "32",
         "--rank",
@@ -544,6 +574,7 @@ fn share_1_is_the_network_without_sharing() {
 #[test]
 fn comma_separated_lists() {
     let v = json(&[
+        "emit",
         "--R",
         "1",
         "--rank",
@@ -555,6 +586,6 @@ fn comma_separated_lists() {
         "--json",
     ]);
     assert_eq!(v["params"], 25_557_032);
-    let e = rejected(&["--R", "1", "--rank", "64", "--widths", "256,x"]);
+    let e = rejected(&["emit", "--R", "1", "--rank", "64", "--widths", "256,x"]);
     assert!(e.contains("'x'") && e.contains("--widths"), "{e}");
 }

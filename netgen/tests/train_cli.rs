@@ -137,17 +137,17 @@ fn json(o: &Output) -> serde_json::Value {
 fn train_json_run_directory_and_eval_agree() {
     let f = fixture();
     let out = f.out("run");
-    let mut args = f.train_args(&out, "24");
+    let mut args = f.train_args(&out, "48");
     args.extend(["--json", "--quiet"]);
     let s = json(&netgen(&args));
     assert_eq!(s["outcome"], "finished");
-    assert_eq!(s["steps"], 24);
+    assert_eq!(s["steps"], 48);
     assert_eq!(s["device"], "cpu");
     let best = s["best_acc"].as_f64().unwrap();
     let test_acc = s["test_acc"].as_f64().unwrap();
     assert!(
         test_acc > 50.0,
-        "the 10-class brightness task should be learnt in 3 epochs: {s}"
+        "the 10-class brightness task should be learnt in 6 epochs: {s}"
     );
     assert!(s["params"].as_u64().unwrap() > 1000 && s["flops"].as_u64().unwrap() > 10_000);
     for name in [
@@ -160,9 +160,9 @@ fn train_json_run_directory_and_eval_agree() {
     ] {
         assert!(Path::new(&out).join(name).is_file(), "{name} missing");
     }
-    // 8 steps per epoch: rows at 8, 16, 24.
+    // 8 steps per epoch: a header and rows at 8, 16, …, 48.
     let csv = std::fs::read_to_string(Path::new(&out).join("metrics.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert_eq!(csv.lines().count(), 7, "{csv}");
     // config.json holds the resolved options.
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("config.json")).unwrap()).unwrap();
@@ -223,7 +223,7 @@ fn train_json_run_directory_and_eval_agree() {
     let o = netgen(&["train", "--resume", &out, "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        text(&o.stderr).contains("already took all its 24 steps"),
+        text(&o.stderr).contains("already took all its 48 steps"),
         "{}",
         text(&o.stderr)
     );
