@@ -161,9 +161,14 @@ pub fn head_layers(spec: &NetSpec) -> Vec<Layer> {
 /// description of a unit's layers that the tch builder also follows). `u` comes from
 /// [`NetSpec::units`].
 pub fn unit_layers(spec: &NetSpec, u: &UnitIo) -> Vec<Layer> {
-    plan::unit_plan(spec, u)
-        .layers()
-        .map(|l| Layer {
+    plan::unit_plan(spec, u).layers().map(Layer::from).collect()
+}
+
+/// The counted form of one planned layer use (the parameter and multiply-add formulas live only
+/// in [`Layer`]).
+impl From<&plan::LayerPlan> for Layer {
+    fn from(l: &plan::LayerPlan) -> Self {
+        Layer {
             role: l.role,
             kind: match l.op {
                 Op::Conv {
@@ -184,8 +189,8 @@ pub fn unit_layers(spec: &NetSpec, u: &UnitIo) -> Vec<Layer> {
             out_size: l.out_size,
             owns_params: l.owner,
             shared: l.shared,
-        })
-        .collect()
+        }
+    }
 }
 
 /// Totals of a group of layers.

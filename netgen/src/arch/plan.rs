@@ -88,32 +88,6 @@ pub struct LayerPlan {
     pub out_size: usize,
 }
 
-impl LayerPlan {
-    /// Parameters this use contributes: conv `cout·(cin/groups)·k²`, BN `2·channels` (γ, β); 0
-    /// for a reuse of a shared tensor.
-    pub fn params(&self) -> u64 {
-        if !self.owner {
-            return 0;
-        }
-        match self.op {
-            Op::Conv {
-                cin, cout, k, groups, ..
-            } => (cout * (cin / groups) * k * k) as u64,
-            Op::Bn { channels, .. } => 2 * channels as u64,
-        }
-    }
-
-    /// Multiply-adds of this use: a conv costs `H_out·W_out·cout·(cin/groups)·k²`; BN and ReLU 0.
-    pub fn flops(&self) -> u64 {
-        match self.op {
-            Op::Conv {
-                cin, cout, k, groups, ..
-            } => (self.out_size * self.out_size) as u64 * (cout * (cin / groups) * k * k) as u64,
-            Op::Bn { .. } => 0,
-        }
-    }
-}
-
 /// Which tensor a projection shortcut reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -512,7 +486,9 @@ mod tests {
         // (32) + BN 16 + 1×1 4→8 (32) + BN 16.
         let p = plan_unit(&BlockKind::PostAct, &shape(4, 1), 6, "");
         assert_eq!(
-            p.layers().map(LayerPlan::params).sum::<u64>(),
+            p.layers()
+                .map(|l| crate::count::Layer::from(l).params())
+                .sum::<u64>(),
             16 + 8 + 72 + 8 + 32 + 16 + 32 + 16
         );
         assert_eq!(p.branch[0].name, "conv1");
@@ -527,7 +503,9 @@ mod tests {
         );
         assert_eq!(p.pre.len(), 1);
         assert_eq!(
-            p.layers().map(LayerPlan::params).sum::<u64>(),
+            p.layers()
+                .map(|l| crate::count::Layer::from(l).params())
+                .sum::<u64>(),
             8 + 16 + 8 + 72 + 8 + 32 + 32
         );
     }

@@ -121,6 +121,25 @@ pub struct Region {
     pub n_h: usize,
 }
 
+impl Region {
+    /// The input rectangle `[x0, x0 + w) × [y0, y0 + h)` resized to `out_w × out_h`, all of it
+    /// written.
+    pub fn whole(x0: usize, y0: usize, w: usize, h: usize, out_w: usize, out_h: usize) -> Self {
+        Region {
+            x0,
+            y0,
+            w,
+            h,
+            out_w,
+            out_h,
+            ox: 0,
+            oy: 0,
+            n_w: out_w,
+            n_h: out_h,
+        }
+    }
+}
+
 /// Resamples `src` over `r` into `out` (planar `C × n_h × n_w`, values in `0..=255` units);
 /// `scratch` is reused between calls.
 pub fn resample(src: &View, r: &Region, out: &mut [f32], scratch: &mut Vec<f32>) {

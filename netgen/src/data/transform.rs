@@ -100,18 +100,7 @@ pub fn small_sample(
         }
     } else {
         let view = View::planar(buf, channels, side, side);
-        let r = Region {
-            x0: 0,
-            y0: 0,
-            w: side,
-            h: side,
-            out_w: size,
-            out_h: size,
-            ox: 0,
-            oy: 0,
-            n_w: size,
-            n_h: size,
-        };
+        let r = Region::whole(0, 0, side, side, size, size);
         resample(&view, &r, out, &mut scratch.floats);
     }
     norm.apply(out, size * size);
@@ -179,18 +168,7 @@ pub fn large_sample(
     let flip = match rng {
         Some(rng) => {
             let (top, left, h, w) = random_resized_crop_params(height, width, rng);
-            let r = Region {
-                x0: left,
-                y0: top,
-                w,
-                h,
-                out_w: size,
-                out_h: size,
-                ox: 0,
-                oy: 0,
-                n_w: size,
-                n_h: size,
-            };
+            let r = Region::whole(left, top, w, h, size, size);
             resample(&view, &r, out, &mut scratch.floats);
             rng.random_bool(0.5)
         }
