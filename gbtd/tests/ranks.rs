@@ -540,3 +540,63 @@ fn skips_say_why_and_overrides_apply() {
         "{rc:?}"
     );
 }
+
+/// `ParamModel::params` is the parameter count of the layer chain `gbtd::layers::LayerChain`
+/// builds from a decomposition with those ranks (what the compressed checkpoint holds).
+#[test]
+fn param_model_counts_the_chain_that_layers_builds() {
+    use gbtd::btd::{BlockTerm, Btd};
+    use gbtd::cp::Cp;
+    use gbtd::layers::LayerChain;
+    use gbtd::options::Convergence;
+    use gbtd::tucker::Tucker;
+    let (o, i, kh, kw) = (12, 10, 3, 2);
+    let shape = [o, i, kh, kw];
+    for (ro, ri) in [(1, 1), (3, 5), (12, 10)] {
+        let t = Tucker {
+            core: gaussian(&[ro, ri, kh, kw], 1),
+            factors: vec![gaussian2(o, ro, 2), gaussian2(i, ri, 3)],
+            modes: vec![0, 1],
+            convergence: Convergence::default(),
+        };
+        let chain = LayerChain::from_tucker(&t).unwrap();
+        assert_eq!(
+            ParamModel::Tucker2.params(&shape, &[ro, ri]),
+            chain.n_params(),
+            "tucker2 {ro},{ri}"
+        );
+        for terms in [1, 2, 3] {
+            let b = Btd {
+                terms: (0..terms)
+                    .map(|r| BlockTerm {
+                        core: gaussian(&[ro, ri, kh, kw], 10 + r as u64),
+                        factors: vec![gaussian2(o, ro, 20 + r as u64), gaussian2(i, ri, 30 + r as u64)],
+                    })
+                    .collect(),
+                modes: vec![0, 1],
+                shape: shape.to_vec(),
+                convergence: Convergence::default(),
+            };
+            let chain = LayerChain::from_btd(&b).unwrap();
+            let model = ParamModel::Btd { terms };
+            assert_eq!(
+                model.params(&shape, &[ro, ri]),
+                chain.n_params(),
+                "btd {terms}×{ro},{ri}"
+            );
+        }
+    }
+    for r in [1, 4, 30] {
+        let c = Cp {
+            weights: ndarray::Array1::ones(r),
+            factors: shape
+                .iter()
+                .enumerate()
+                .map(|(n, &d)| gaussian2(d, r, 40 + n as u64))
+                .collect(),
+            convergence: Convergence::default(),
+        };
+        let chain = LayerChain::from_cp(&c).unwrap();
+        assert_eq!(ParamModel::Cp.params(&shape, &[r]), chain.n_params(), "cp {r}");
+    }
+}
