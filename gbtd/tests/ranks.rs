@@ -600,3 +600,20 @@ fn param_model_counts_the_chain_that_layers_builds() {
         assert_eq!(ParamModel::Cp.params(&shape, &[r]), chain.n_params(), "cp {r}");
     }
 }
+
+/// The example published in CasvandenBogaard/VBMF issue #2: a `(3, 3, 32, 64)` array of uniform
+/// integers in `[0, 100)`, whose unfoldings along the two channel modes (`32 × 576` and
+/// `64 × 288`) `VBMF.EVBMF` reduces to ranks `[1, 1]` (one component: the mean, with shrunk
+/// singular value 6704.9 there, against `49.5·√(32·576) ≈ 6720` for the exact mean). The same
+/// kernel in PyTorch layout `(64, 32, 3, 3)` gets `vbmf` ranks `[1, 1]` here.
+#[test]
+fn vbmf_reproduces_the_published_uniform_integer_example() {
+    use rand::Rng;
+    for seed in 0..3 {
+        let mut rng = gbtd::random::rng(seed);
+        let x = ArrayD::from_shape_fn(IxDyn(&[64, 32, 3, 3]), |_| rng.random_range(0..100u32) as f64);
+        let sp = spectra("conv", &x);
+        let c = choose_ranks(&RankRule::Vbmf, &[sp], &ParamModel::Tucker2, &Overrides::empty()).unwrap();
+        assert_eq!(c[0], RankChoice::Ranks(vec![1, 1]), "seed {seed}");
+    }
+}
