@@ -30,7 +30,7 @@ impl LayerSpectra {
     ///
     /// For a wide unfolding (`d_n ≤ Π_{j≠n} d_j`, the usual case for a conv kernel) the squared
     /// singular values are the eigenvalues of the Gram matrix `X_(n) X_(n)ᵀ`
-    /// ([`unfolding_gram`], BLAS `syrk`), without eigenvectors ([`sym_eigenvalues`]); for a
+    /// ([`unfolding_gram`], BLAS `syrk`), without eigenvectors (LAPACK `dsytrd` + `dsterf`); for a
     /// tall one those of `X_(n)ᵀ X_(n)`. Eigenvalues that rounding makes slightly negative are
     /// set to 0.
     ///

@@ -85,7 +85,10 @@ fn objective(sigma2: f64, sq: &[f64], l: usize, m: usize, alpha: f64, xbar: f64)
 /// `singular_values` are all `min(rows, cols)` singular values (any order; missing trailing ones
 /// count as 0, extra ones are ignored). With `L = min(rows, cols)`, `M = max(rows, cols)`
 /// (transposing does not change the problem), `α = L/M`:
-/// 1. `σ²` minimises the free energy [`objective`] on `[σ̲², σ̄²]`, with
+/// 1. `σ²` minimises the free energy
+///    `Σ_h γ_h²/(Mσ²) + L log σ² + Σ_{x_h > x̄} ψ₁(x_h)` (`x_h = γ_h²/(Mσ²)`, up to terms
+///    independent of `σ²`; `ψ₁(x) = log(τ+1) + α log(τ/α + 1) − τ` with
+///    `τ = ½(x − (1+α) + √((x − (1+α))² − 4α))`) on `[σ̲², σ̄²]`, with
 ///    `σ̄² = Σ_h γ_h² / (LM)` and
 ///    `σ̲² = max(γ²_{ξ+1} / (M x̄), Σ_{h>ξ} γ_h² / (M (L − ξ)))`, `ξ = ⌈L/(1+α)⌉ − 1`
 ///    (1-based `γ`), `x̄ = (1+τ̲)(1+α/τ̲)` with `τ̲` from [`tau_threshold`].
