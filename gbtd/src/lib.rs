@@ -32,6 +32,7 @@ pub mod openblas;
 pub mod options;
 pub mod parallel;
 pub mod random;
+pub mod ranks;
 pub mod real;
 pub mod tensor;
 pub mod tucker;

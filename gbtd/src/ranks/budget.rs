@@ -1,0 +1,166 @@
+//! `budget:f`: one parameter budget for all layers, spent where the estimated error drops most
+//! per parameter.
+//!
+//! **Error estimate.** Truncated HOSVD of modes 0 and 1 with ranks `(r_0, r_1)` (projecting each
+//! mode on the leading `r_n` left singular vectors of its unfolding) satisfies
+//! `‖X − X̂‖² ≤ Σ_n Σ_{k≥r_n} s_{n,k}²` (De Lathauwer, De Moor, Vandewalle 2000, property 10),
+//! and HOOI, which `gbtd compress` runs from that start, does no worse. The estimate of a layer's
+//! squared relative error is that bound over `‖X‖²`:
+//! `ε²(r_0, r_1) = (Σ_{k≥r_0} s_{0,k}² + Σ_{k≥r_1} s_{1,k}²) / ‖X‖²`.
+//! BTD with `R` terms of rank `(r_0, r_1)` is scored at its total ranks `(R·r_0, R·r_1)` (a BTD
+//! is a Tucker model with a block-diagonal core, so this is optimistic), and CP of rank `R` at
+//! `(R, R)` (a heuristic: a rank-`R` CP model has multilinear ranks at most `(R, R)`).
+//!
+//! **Allocation.** The objective is the sum of the layers' `ε²` under
+//! `Σ_l params_l ≤ f · Σ_l params_before_l`. Every layer starts at ranks 1; then, greedily, the
+//! move with the largest `Δε² / Δparams` that still fits the remaining budget is taken, where
+//! the moves of a layer are: raise one of its ranks by 1 (up to the caps of
+//! [`ParamModel::caps`]), or keep the original kernel (error 0, costing its parameters minus the
+//! chain's). The loop ends when no move fits or none lowers the error. Because each unfolding's
+//! `s_k²` decrease, the error gained by successive steps of one rank never grows, so the greedy
+//! order spends each parameter where it currently buys the most; the final parameter total never
+//! exceeds the budget.
+use crate::error::{GbtdError, Result};
+use crate::ranks::{LayerSpectra, ParamModel, RankChoice};
+
+/// The estimated squared relative error `ε²` of `layer` decomposed with `ranks` under `model`
+/// (see the module documentation). It bounds the truncated HOSVD's error for Tucker-2; it can
+/// exceed 1 at very small ranks. An all-zero kernel gives 0.
+pub fn estimated_sq_error(layer: &LayerSpectra, model: &ParamModel, ranks: &[usize]) -> f64 {
+    let total = layer.total_energy();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let [a, b] = model.total_ranks(ranks);
+    (layer.discarded(0, a) + layer.discarded(1, b)) / total
+}
+
+/// A chain not smaller than its kernel is replaced by the kernel at once (no error, no more
+/// parameters).
+fn settle(s: &mut State<'_>, spent: &mut usize) {
+    if !s.kept && s.params >= s.before {
+        *spent = *spent - s.params + s.before;
+        s.kept = true;
+    }
+}
+
+/// One layer's state in the greedy allocation.
+struct State<'a> {
+    layer: &'a LayerSpectra,
+    /// `tails[n][r] = Σ_{k≥r} s_{n,k}²` (0 past the end).
+    tails: [Vec<f64>; 2],
+    total: f64,
+    before: usize,
+    ranks: Vec<usize>,
+    params: usize,
+    kept: bool,
+}
+
+impl State<'_> {
+    fn err(&self, ranks: &[usize], model: &ParamModel) -> f64 {
+        let t = model.total_ranks(ranks);
+        let tail = |n: usize| self.tails[n].get(t[n]).copied().unwrap_or(0.0);
+        (tail(0) + tail(1)) / self.total
+    }
+}
+
+/// The best move of a layer: `(Δε², Δparams, None)` to raise nothing and keep the original,
+/// or `Some(n)` to raise rank `n`.
+type Move = (f64, usize, Option<usize>);
+
+/// Allocates `f` times the layers' parameters across `layers` (which passed the structural
+/// checks of [`crate::ranks::choose_ranks`]); one choice per layer.
+pub(crate) fn allocate(f: f64, layers: &[&LayerSpectra], model: &ParamModel) -> Result<Vec<RankChoice>> {
+    let start = vec![1usize; model.n_ranks()];
+    let mut states: Vec<State<'_>> = layers
+        .iter()
+        .map(|&layer| {
+            let tails = [0, 1].map(|n| {
+                let s = &layer.sq_singular_values[n];
+                let mut t = vec![0.0; s.len() + 1];
+                for k in (0..s.len()).rev() {
+                    t[k] = t[k + 1] + s[k];
+                }
+                t
+            });
+            State {
+                layer,
+                tails,
+                total: layer.total_energy(),
+                before: layer.shape.iter().product(),
+                params: model.params(&layer.shape, &start),
+                ranks: start.clone(),
+                kept: false,
+            }
+        })
+        .collect();
+    let before: usize = states.iter().map(|s| s.before).sum();
+    let budget = (f * before as f64).floor() as usize;
+    let mut spent: usize = states.iter().map(|s| s.params).sum();
+    if spent > budget {
+        return Err(GbtdError::Options(format!(
+            "budget:{f} allows {budget} parameters for {} layers of {before}, but their smallest chains (rank 1) already need {spent}; raise the fraction or compress fewer layers",
+            states.len()
+        )));
+    }
+    for s in states.iter_mut() {
+        settle(s, &mut spent);
+    }
+    loop {
+        let left = budget - spent;
+        let mut best: Option<(usize, Move)> = None;
+        for (l, s) in states.iter().enumerate() {
+            if s.kept {
+                continue;
+            }
+            let now = s.err(&s.ranks, model);
+            let mut consider = |m: Move| {
+                let (gain, cost, _) = m;
+                if gain <= 0.0 || cost == 0 || cost > left {
+                    return;
+                }
+                let better = match &best {
+                    None => true,
+                    Some((_, (g, c, _))) => gain * (*c as f64) > g * cost as f64,
+                };
+                if better {
+                    best = Some((l, m));
+                }
+            };
+            consider((now, s.before - s.params, None));
+            let caps = model.caps(&s.layer.shape);
+            for n in 0..s.ranks.len() {
+                if caps.is_some_and(|c| s.ranks[n] >= c[n]) {
+                    continue;
+                }
+                let mut r = s.ranks.clone();
+                r[n] += 1;
+                let p = model.params(&s.layer.shape, &r);
+                consider((now - s.err(&r, model), p.saturating_sub(s.params), Some(n)));
+            }
+        }
+        let Some((l, (_, cost, what))) = best else { break };
+        let s = &mut states[l];
+        spent += cost;
+        match what {
+            None => s.kept = true,
+            Some(n) => {
+                s.ranks[n] += 1;
+                s.params += cost;
+                settle(s, &mut spent);
+            }
+        }
+    }
+    Ok(states
+        .into_iter()
+        .map(|s| {
+            if s.kept {
+                RankChoice::Skip(format!(
+                    "budget:{f} keeps the original kernel: cheaper per unit of estimated error than a larger chain"
+                ))
+            } else {
+                RankChoice::Ranks(s.ranks)
+            }
+        })
+        .collect())
+}

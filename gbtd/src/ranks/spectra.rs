@@ -1,0 +1,107 @@
+//! The squared singular values of a kernel's mode unfoldings: everything the rank rules need to
+//! know about a layer's data.
+use ndarray::ArrayViewD;
+
+use crate::error::{GbtdError, Result};
+use crate::linalg::{gram, sym_eig_top};
+use crate::real::Real;
+use crate::tensor::{unfold, validate_modes};
+use crate::tucker::unfolding_gram;
+
+/// What the rank rules need to know about one layer (computed once per kernel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSpectra {
+    /// The layer's name (the module name, e.g. `layer1.0.conv2`).
+    pub name: String,
+    /// The kernel's shape, PyTorch layout `(out, in, kh, kw)`.
+    pub shape: Vec<usize>,
+    /// The factorized modes, e.g. `[0, 1]`.
+    pub modes: Vec<usize>,
+    /// Per factorized mode, the squared singular values `s_k²` of the mode-n unfolding
+    /// `X_(n)` (`d_n × Π_{j≠n} d_j`), in decreasing order; `min(d_n, Π_{j≠n} d_j)` of them.
+    pub sq_singular_values: Vec<Vec<f64>>,
+}
+
+impl LayerSpectra {
+    /// The spectra of `x` on `modes`, computed in `f64` whatever `T` is.
+    ///
+    /// For a wide unfolding (`d_n ≤ Π_{j≠n} d_j`, the usual case for a conv kernel) the squared
+    /// singular values are the eigenvalues of the Gram matrix `X_(n) X_(n)ᵀ`
+    /// ([`unfolding_gram`], BLAS `syrk`) from the LAPACK symmetric eigensolver
+    /// ([`sym_eig_top`]); for a tall one those of `X_(n)ᵀ X_(n)`. Eigenvalues that rounding makes
+    /// slightly negative are set to 0.
+    ///
+    /// Errors: invalid `modes`, an empty tensor, or NaN/infinite entries.
+    pub fn of<T: Real>(name: &str, x: &ArrayViewD<'_, T>, modes: &[usize]) -> Result<Self> {
+        validate_modes(modes, x.ndim())?;
+        if x.is_empty() {
+            return Err(GbtdError::Empty(format!(
+                "{name}: kernel of shape {:?} has no elements",
+                x.shape()
+            )));
+        }
+        if x.iter().any(|v| !v.finite()) {
+            return Err(GbtdError::NonFinite(format!(
+                "{name}: the kernel holds NaN or infinite values"
+            )));
+        }
+        // Squares of f32 values near 3e38 overflow f32 but not f64.
+        let xf = x.mapv(|v| v.to_f64_exact());
+        let mut sq = Vec::with_capacity(modes.len());
+        for &m in modes {
+            let d = x.shape()[m];
+            let rest = x.len() / d;
+            let g = if d <= rest {
+                unfolding_gram(&xf.view(), m)?
+            } else {
+                gram(&unfold(&xf.view(), m)?.view(), true)?
+            };
+            let n = g.nrows();
+            let (vals, _) = sym_eig_top(&g.view(), n)?;
+            sq.push(vals.iter().map(|&v| v.max(0.0)).collect());
+        }
+        Ok(LayerSpectra {
+            name: name.to_string(),
+            shape: x.shape().to_vec(),
+            modes: modes.to_vec(),
+            sq_singular_values: sq,
+        })
+    }
+
+    /// `‖X‖² = Σ_k s_k²` (the same for every mode; taken from the first).
+    pub fn total_energy(&self) -> f64 {
+        self.sq_singular_values.first().map_or(0.0, |s| s.iter().sum())
+    }
+
+    /// `Σ_{k≥r} s_k²` of factorized mode number `i` (an index into `modes`): the energy a
+    /// rank-`r` truncation of that unfolding discards.
+    pub fn discarded(&self, i: usize, r: usize) -> f64 {
+        self.sq_singular_values[i].iter().skip(r).sum()
+    }
+
+    /// The smallest rank `r ≥ 1` with `Σ_{k<r} s_k² ≥ f · Σ_k s_k²` for factorized mode number
+    /// `i`, or `None` for an all-zero unfolding.
+    pub fn energy_rank(&self, i: usize, f: f64) -> Option<usize> {
+        let s = &self.sq_singular_values[i];
+        let total: f64 = s.iter().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let target = f * total;
+        let mut cum = 0.0;
+        for (k, v) in s.iter().enumerate() {
+            cum += v;
+            if cum >= target {
+                return Some(k + 1);
+            }
+        }
+        // Rounding (f = 1): all components.
+        Some(s.len())
+    }
+
+    /// The dimensions `(rows, cols)` of the unfolding of factorized mode number `i`.
+    pub fn unfolding_dims(&self, i: usize) -> (usize, usize) {
+        let d = self.shape[self.modes[i]];
+        (d, self.shape.iter().product::<usize>() / d)
+    }
+}
