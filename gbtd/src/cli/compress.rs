@@ -149,6 +149,11 @@ pub fn run(args: &CompressArgs) -> Result<()> {
     bar.finish_and_clear();
     let compressed = result?;
     if !args.json && !args.quiet {
+        for name in &compressed.unmatched_overrides {
+            eprintln!(
+                "warning: the overrides file names '{name}', which is not a selected conv layer (names are module names such as layer1.0.conv2)"
+            );
+        }
         for l in compressed.layers.iter().filter(|l| l.grows()) {
             eprintln!(
                 "warning: {}: ranks {} make the layer larger than the original ({} weights instead of {}, compression {:.2}×); choose smaller ranks to compress it",
@@ -190,9 +195,9 @@ fn big(n: u64) -> String {
     }
 }
 
-/// Writes rows of cells with each column padded to its widest cell (the first column left
-/// aligned, the others right aligned).
-fn columns(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
+/// Writes rows of cells with each column padded to its widest cell (the columns listed in
+/// `left` left aligned, the others right aligned).
+fn columns(out: &mut impl Write, rows: &[Vec<String>], left: &[usize]) -> std::io::Result<()> {
     let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width: Vec<usize> = (0..ncol)
         .map(|c| {
@@ -209,6 +214,8 @@ fn columns(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
             let w = width[c];
             if c == 0 {
                 line.push_str(&format!(" {cell:<w$}"));
+            } else if left.contains(&c) {
+                line.push_str(&format!("  {cell:<w$}"));
             } else {
                 line.push_str(&format!("  {cell:>w$}"));
             }
@@ -265,7 +272,7 @@ fn print_table(out: &mut impl Write, c: &Compressed, args: &CompressArgs) -> std
             format!("{:.2}", l.seconds),
         ]);
     }
-    columns(out, &rows)?;
+    columns(out, &rows, &[])?;
     let kernels: Vec<_> = c.skipped.iter().filter(|k| k.kernel).collect();
     if !kernels.is_empty() {
         writeln!(out, "skipped conv kernels:")?;
@@ -273,7 +280,7 @@ fn print_table(out: &mut impl Write, c: &Compressed, args: &CompressArgs) -> std
             .iter()
             .map(|k| vec![k.name().to_string(), report::shape(&k.shape), k.reason.clone()])
             .collect();
-        columns(out, &rows)?;
+        columns(out, &rows, &[2])?;
     }
     let others = c.skipped.len() - kernels.len();
     if others > 0 {

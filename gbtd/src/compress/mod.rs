@@ -56,12 +56,11 @@ use crate::tensor::relative_error;
 use crate::tucker::{TuckerOptions, tucker};
 
 mod model;
-mod standin_ranks;
 pub mod writer;
 
+pub use crate::ranks::{LayerSpectra, Overrides, ParamModel, RankChoice, RankRule, choose_ranks};
 use model::ModelFile;
 pub use model::RawTensor;
-pub use standin_ranks::{LayerSpectra, Overrides, ParamModel, RankChoice, RankRule, choose_ranks};
 
 /// The decomposition applied to every kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +124,7 @@ pub struct CompressOptions<'a> {
     pub method: CompressMethod,
     /// How ranks are chosen.
     pub rule: RankRule,
-    /// Per-layer rules replacing `rule`.
+    /// Per-layer rules replacing `rule`, keyed by module name (`NAME` of `NAME.weight`).
     pub overrides: Overrides,
     /// Only tensors whose name matches (all when `None`).
     pub layers: Option<Regex>,
@@ -287,6 +286,8 @@ pub struct Compressed {
     pub layers: Vec<LayerReport>,
     /// Candidates left unchanged, in file order.
     pub skipped: Vec<Skipped>,
+    /// Layer names of the overrides file that name no selected conv kernel.
+    pub unmatched_overrides: Vec<String>,
 }
 
 fn is_float(dtype: &str) -> bool {
@@ -387,15 +388,24 @@ pub fn compress(path: &Path, opts: &CompressOptions<'_>) -> Result<Compressed, C
             p(Stage::Spectra, k, n, name);
         }
         let t = model.read_float(name)?;
+        // Rules and overrides name layers by their module name (`NAME`, not `NAME.weight`).
+        let module = name.strip_suffix(".weight").unwrap_or(name);
         let s = match &t.data {
-            AnyTensor::F32(a) => LayerSpectra::of(name, &a.view(), &modes),
-            AnyTensor::F64(a) => LayerSpectra::of(name, &a.view(), &modes),
+            AnyTensor::F32(a) => LayerSpectra::of(module, &a.view(), &modes),
+            AnyTensor::F64(a) => LayerSpectra::of(module, &a.view(), &modes),
         };
         spectra.push(s.map_err(|source| CompressError::Layer {
             name: name.clone(),
             source,
         })?);
     }
+    let modules: Vec<&str> = spectra.iter().map(|s| s.name.as_str()).collect();
+    let unmatched_overrides: Vec<String> = opts
+        .overrides
+        .unmatched(&modules)
+        .into_iter()
+        .map(String::from)
+        .collect();
     let rule_err = |source| CompressError::Rule {
         rule: opts.rule.to_string(),
         source,
@@ -545,6 +555,7 @@ pub fn compress(path: &Path, opts: &CompressOptions<'_>) -> Result<Compressed, C
         input_size: opts.input_size,
         layers,
         skipped,
+        unmatched_overrides,
     })
 }
 
