@@ -290,15 +290,6 @@ pub struct Compressed {
     pub unmatched_overrides: Vec<String>,
 }
 
-fn is_float(dtype: &str) -> bool {
-    let d = dtype.to_ascii_lowercase();
-    [
-        "f64", "f32", "f16", "bf16", "float64", "float32", "float16", "bfloat16", "<f8", "<f4", "<f2", ">f8",
-        ">f4", ">f2",
-    ]
-    .contains(&d.as_str())
-}
-
 /// Weights of the chain for a kernel `(out, in, kh, kw)`.
 pub fn chain_params(method: CompressMethod, shape: [usize; 4], ranks: &[usize]) -> u64 {
     let [o, i, kh, kw] = shape.map(|d| d as u64);
@@ -321,7 +312,8 @@ pub fn compress(path: &Path, opts: &CompressOptions<'_>) -> Result<Compressed, C
         if !selected {
             continue;
         }
-        let float = t.readable && is_float(&t.dtype);
+        // `readable`: a floating-point dtype that gbtd decodes (f64, f32, f16, bf16).
+        let float = t.readable;
         let kernel = float && t.shape.len() == 4;
         let reason = if !float {
             Some(format!("not floating point (dtype {})", t.dtype))
@@ -600,7 +592,7 @@ impl Compressed {
         let model_before: u64 = self
             .tensors
             .iter()
-            .filter(|t| t.readable && is_float(&t.dtype))
+            .filter(|t| t.readable)
             .map(|t| t.shape.iter().product::<usize>() as u64)
             .sum();
         let (pb, pa) = (sum(|l| l.params_before), sum(|l| l.params_after));
