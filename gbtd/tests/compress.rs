@@ -387,6 +387,50 @@ fn cp_report_rows_chains_and_skips() {
     check_small_run("cp", 4, &["--rank-rule", "fixed:4"], &[4], "cp");
 }
 
+#[test]
+fn overrides_skip_a_layer_and_fix_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("m.safetensors");
+    write_model(&input, &small_model());
+    let overrides = d.join("ranks.json");
+    std::fs::write(&overrides, r#"{"b": "skip", "h": "fixed:1,1"}"#).unwrap();
+    let out = d.join("o.safetensors");
+    let report = ok_json(&gbtd(&[
+        "compress",
+        s(&input),
+        "--method",
+        "tucker2",
+        "--rank-rule",
+        "fixed:3,2",
+        "--overrides",
+        s(&overrides),
+        "--out",
+        s(&out),
+        "--json",
+    ]));
+    let ranks: BTreeMap<&str, Vec<usize>> = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap(), usizes(&l["ranks"])))
+        .collect();
+    assert_eq!(ranks, BTreeMap::from([("a", vec![3, 2]), ("h", vec![1, 1])]));
+    let b = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["tensor"] == "b.weight")
+        .expect("b skipped");
+    assert!(b["reason"].as_str().unwrap().contains("overrides"), "{b}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("b.weight").unwrap().data(),
+        &small_model()["b.weight"].bytes[..]
+    );
+}
+
 /// Runs a failing command: non-zero exit, one `error:` line naming `needle`, no output file.
 fn expect_failure(args: &[&str], out: &Path, needle: &str, code: i32) {
     let o = gbtd(args);
@@ -577,8 +621,13 @@ with torch.no_grad():
                      "energy_ranks": [energy_rank(Wn.reshape(Wn.shape[0], -1), 0.9),
                                       energy_rank(Wn.transpose(1, 0, 2, 3).reshape(Wn.shape[1], -1), 0.9)]})
     z = new.float()(torch.randn(2, 3, 64, 64, generator=g))
+# Every tensor that was not replaced is in the file unchanged, dtype included (int64 buffers too).
+sd, written = orig.state_dict(), load_file(out_path)
+kept = [k for k in sd if k in written]
+same = all(written[k].dtype == sd[k].dtype and torch.equal(written[k], sd[k]) for k in kept)
 print(json.dumps({"layers": rows, "forward_shape": list(z.shape),
-                  "forward_finite": bool(torch.isfinite(z).all())}))
+                  "forward_finite": bool(torch.isfinite(z).all()),
+                  "state_dict": len(sd), "kept": len(kept), "kept_equal": same}))
 "#;
 
 /// Checks one compressed ResNet-50 against PyTorch; returns the names of the layers compared.
@@ -588,6 +637,13 @@ fn check_against_torch(orig: &Path, out: &Path, report: &Value, pattern: &str) -
     let v: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(v["forward_shape"], serde_json::json!([2, 1000]));
     assert_eq!(v["forward_finite"], true);
+    assert_eq!(v["kept_equal"], true);
+    let n_layers = report["layers"].as_array().unwrap().len() as u64;
+    assert_eq!(
+        uint(&v["kept"]),
+        uint(&v["state_dict"]) - n_layers,
+        "all but the replaced weights kept"
+    );
     let by_name: BTreeMap<&str, &Value> = report["layers"]
         .as_array()
         .unwrap()
