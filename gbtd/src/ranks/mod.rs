@@ -153,15 +153,17 @@ pub fn choose_ranks(
             out[*k] = Some(choice);
         }
     }
-    Ok(out
-        .into_iter()
+    out.into_iter()
         .zip(layers)
         .map(|(c, layer)| match c {
-            Some(RankChoice::Ranks(r)) => worth_it(layer, model, r),
-            Some(skip) => skip,
-            None => RankChoice::Skip("internal: no rank chosen".into()),
+            Some(RankChoice::Ranks(r)) => Ok(worth_it(layer, model, r)),
+            Some(skip) => Ok(skip),
+            None => Err(GbtdError::internal(format!(
+                "no rank chosen for layer {}",
+                layer.name
+            ))),
         })
-        .collect())
+        .collect()
 }
 
 fn in_layer(name: &str, e: GbtdError) -> GbtdError {

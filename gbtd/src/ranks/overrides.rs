@@ -25,7 +25,7 @@ pub enum Override {
     Rule(RankRule),
 }
 
-/// Per-layer overrides, in file order.
+/// Per-layer overrides (kept sorted by layer name).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
     entries: Vec<(String, Override)>,
@@ -77,7 +77,7 @@ impl Overrides {
                 None => return Err(not_a_string(&k)),
             }
         }
-        Ok(Overrides { entries })
+        Ok(Overrides::sorted(entries))
     }
 
     /// Parses JSON text: an object of `"layer name": "rule"` entries.
@@ -94,7 +94,12 @@ impl Overrides {
                 None => return Err(not_a_string(k)),
             }
         }
-        Ok(Overrides { entries })
+        Ok(Overrides::sorted(entries))
+    }
+
+    fn sorted(mut entries: Vec<(String, Override)>) -> Self {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Overrides { entries }
     }
 
     /// The override for the layer named exactly `name`, if any.
@@ -102,7 +107,7 @@ impl Overrides {
         self.entries.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
-    /// The layer names the file lists, in file order.
+    /// The layer names the file lists, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(k, _)| k.as_str())
     }

@@ -81,13 +81,17 @@ impl LayerSpectra {
 
     /// The smallest rank `r ≥ 1` with `Σ_{k<r} s_k² ≥ f · Σ_k s_k²` for factorized mode number
     /// `i`, or `None` for an all-zero unfolding.
+    ///
+    /// The comparison allows `10⁻¹² · Σ_k s_k²` for rounding: the eigenvalues of the Gram
+    /// matrix carry absolute errors of the order of `ε · s_0²`, so that an exactly rank-`r`
+    /// kernel has tiny non-zero `s_k²` beyond `r`, which `energy:1` must not count.
     pub fn energy_rank(&self, i: usize, f: f64) -> Option<usize> {
         let s = &self.sq_singular_values[i];
         let total: f64 = s.iter().sum();
         if total <= 0.0 {
             return None;
         }
-        let target = f * total;
+        let target = f * total - 1e-12 * total;
         let mut cum = 0.0;
         for (k, v) in s.iter().enumerate() {
             cum += v;
