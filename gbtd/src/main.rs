@@ -2,8 +2,9 @@
 //! and `.safetensors` files, from the command line.
 //!
 //! Subcommands: `decompose` (factorize, report error and compression, optionally save the
-//! factors), `compress` (replace every conv kernel of a model by a factorized chain), `reconstruct` (rebuild the tensor from saved factors) and `info` (list a file's
-//! tensors). Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
+//! factors), `compress` (replace every conv kernel of a model by a factorized chain),
+//! `reconstruct` (rebuild the tensor from saved factors) and `info` (list a file's tensors).
+//! Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
 //! command-line usage errors); nothing is written on failure.
 use std::process::ExitCode;
 

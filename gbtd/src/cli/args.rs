@@ -52,7 +52,7 @@ file's metadata key gbtd.compress describes each chain (JSON), so PyTorch can re
 (see the README). tucker2: R = 1; btd: R = --terms; cp: R = K, r_in = r_out = 1.
 
 Rank rules (ranks are r_out,r_in; one rank K for cp):
-  fixed:a,b      the same ranks for every layer (layers they do not fit are skipped)
+  fixed:a,b      the same ranks for every layer (lowered to what a layer can hold)
   energy:0.9     the smallest ranks keeping that fraction of each mode unfolding's energy
   ratio:4        per layer, the largest ranks with at most 1/4 of the kernel's weights
   budget:0.25    at most 0.25 x the selected kernels' weights in total, allocated across layers
@@ -60,7 +60,7 @@ Rank rules (ranks are r_out,r_in; one rank K for cp):
 
 Skipped (with the reason in the report): tensors that are not floating point or not 4-D,
 depthwise/grouped kernels (in = 1), layers the rule skips, and chains with no fewer weights than
-the kernel (a fixed rule keeps them, with a warning). Multiply-adds are per image at an output of
+the kernel (a warning names any layer that still grows). Multiply-adds are per image at an output of
 --input-size x --input-size, assuming stride 1 and same padding for every layer.
 
 Examples:
@@ -223,7 +223,7 @@ pub struct CompressArgs {
     /// How ranks are chosen: fixed:a,b | energy:F | ratio:X | budget:F | vbmf (see below).
     #[arg(long, value_name = "RULE", value_parser = parse_rule)]
     pub rank_rule: gbtd::compress::RankRule,
-    /// Per-layer rules (TOML or JSON file: layer name -> rule or "skip").
+    /// Per-layer rules (TOML or JSON file: module name such as layer1.0.conv2 -> rule or "skip").
     #[arg(long, value_name = "FILE")]
     pub overrides: Option<PathBuf>,
     /// Only tensors whose name matches this regex (searched anywhere in the name).

@@ -6,8 +6,9 @@
 //! and not the `skip` regex (both searched anywhere in the name, `Regex::is_match`). A candidate
 //! is compressed when it is a floating-point 4-D tensor named `NAME.weight` (a conv kernel in
 //! PyTorch layout `(out, in, kh, kw)`), its input mode has more than one channel, the rank rule
-//! gives it ranks that fit its channels, and (unless the rule is `fixed`) the chain has fewer
-//! weights than the kernel. Every other candidate is reported in [`Compressed::skipped`] with
+//! gives it ranks that fit its channels, and the chain has fewer weights than the kernel (the
+//! rank rules skip other layers; a `fixed` rule that still gives a larger chain keeps it, and
+//! [`LayerReport::grows`] says so). Every other candidate is reported in [`Compressed::skipped`] with
 //! the reason; tensors outside the filters are copied without being mentioned.
 //!
 //! Depthwise and grouped convs store kernels `(C, 1, k, k)` / `(C, C/g, k, k)`: their input mode
