@@ -2,8 +2,9 @@
 //! and `.safetensors` files, from the command line.
 //!
 //! Subcommands: `decompose` (factorize, report error and compression, optionally save the
-//! factors), `reconstruct` (rebuild the tensor from saved factors) and `info` (list a file's
-//! tensors). Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
+//! factors), `compress` (replace every conv kernel of a model by a factorized chain),
+//! `reconstruct` (rebuild the tensor from saved factors) and `info` (list a file's tensors).
+//! Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
 //! command-line usage errors); nothing is written on failure.
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use gbtd::openblas::{ThreadPolicy, default_threads, ensure_kernels_match_cpu};
 mod cli {
     pub mod args;
     pub mod blas_info;
+    pub mod compress;
     pub mod decompose;
     pub mod info;
     pub mod reconstruct;
@@ -26,6 +28,7 @@ use cli::args::{Cli, Command};
 fn blas_work(command: &Command) -> Option<bool> {
     match command {
         Command::Decompose(a) => Some(!a.quiet && !a.json),
+        Command::Compress(a) => Some(!a.quiet && !a.json),
         Command::Reconstruct(a) => Some(!a.quiet),
         Command::BlasInfo(_) => Some(false),
         Command::Info(_) => None,
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let _scope = policy.enter();
     let result = match &cli.command {
         Command::Decompose(a) => cli::decompose::run(a),
+        Command::Compress(a) => cli::compress::run(a),
         Command::Reconstruct(a) => cli::reconstruct::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::BlasInfo(a) => cli::blas_info::run(a),

@@ -44,6 +44,31 @@ Examples:
   gbtd decompose w.safetensors --tensor conv.weight --method btd --terms 8 --rank 8,8 --json
   gbtd decompose x.npy --method tucker --rank 10,10,10 --max-iter 20 --tol 0 --quiet";
 
+const COMPRESS_HELP: &str = "\
+Each selected conv kernel NAME.weight, PyTorch layout (out, in, kh, kw), becomes NAME.0.weight (1x1,
+in -> R*r_in), NAME.1.weight (kh x kw, groups R, the original stride/padding) and NAME.2.weight
+(1x1, R*r_out -> out; NAME.bias moves to NAME.2.bias); every other tensor is copied unchanged. The
+file's metadata key gbtd.compress describes each chain (JSON), so PyTorch can rebuild the modules
+(see the README). tucker2: R = 1; btd: R = --terms; cp: R = K, r_in = r_out = 1.
+
+Rank rules (ranks are r_out,r_in; one rank K for cp):
+  fixed:a,b      the same ranks for every layer (lowered to what a layer can hold)
+  energy:0.9     the smallest ranks keeping that fraction of each mode unfolding's energy
+  ratio:4        per layer, the largest ranks with at most 1/4 of the kernel's weights
+  budget:0.25    at most 0.25 x the selected kernels' weights in total, allocated across layers
+  vbmf           analytic empirical variational Bayes matrix factorization per mode unfolding
+
+Skipped (with the reason in the report): tensors that are not floating point or not 4-D,
+depthwise/grouped kernels (in = 1), layers the rule skips, and chains with no fewer weights than
+the kernel (a warning names any layer that still grows). Multiply-adds are per image at an output of
+--input-size x --input-size, assuming stride 1 and same padding for every layer.
+
+Examples:
+  gbtd compress resnet50.pth --method tucker2 --rank-rule energy:0.9 --out resnet50_t2.safetensors
+  gbtd compress model.safetensors --method btd --terms 4 --rank-rule fixed:16,16 --layers 'layer[34]' \\
+      --skip downsample --out small.safetensors --report report.csv
+  gbtd compress model.pth --method cp --rank-rule ratio:4 --out cp.safetensors --json --quiet";
+
 const BLAS_INFO_EXAMPLES: &str = "\
 Examples:
   gbtd blas-info
@@ -70,6 +95,10 @@ pub enum Command {
     /// Decompose a tensor and report its relative error and compression; optionally save the factors.
     #[command(after_help = DECOMPOSE_HELP)]
     Decompose(DecomposeArgs),
+    /// Compress every conv kernel of a model: decompose each into a chain of three convs and
+    /// write a new .safetensors checkpoint with the chains, plus a per-layer report.
+    #[command(after_help = COMPRESS_HELP)]
+    Compress(CompressArgs),
     /// Rebuild the tensor from a factors file written by `decompose --out`.
     #[command(after_help = "Example:\n  gbtd reconstruct k.safetensors --out k_hat.npy")]
     Reconstruct(ReconstructArgs),
@@ -161,6 +190,74 @@ pub struct DecomposeArgs {
     pub quiet: bool,
 }
 
+/// `gbtd compress --method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressMethodArg {
+    /// Partial Tucker on the channel modes (out, in): 1x1, kh x kw, 1x1.
+    Tucker2,
+    /// CP of rank K: 1x1, depthwise kh x kw, 1x1.
+    Cp,
+    /// --terms R block terms: 1x1, grouped kh x kw (groups R), 1x1.
+    Btd,
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| e.to_string().replace('\n', " "))
+}
+
+fn parse_rule(s: &str) -> Result<gbtd::compress::RankRule, String> {
+    s.parse().map_err(|e: gbtd::GbtdError| e.to_string())
+}
+
+/// Arguments of `gbtd compress`.
+#[derive(Debug, Args)]
+pub struct CompressArgs {
+    /// The model: a PyTorch checkpoint (.pth, .pt, .bin, .ckpt), .safetensors or .npz file.
+    pub model: PathBuf,
+    /// Decomposition of each conv kernel.
+    #[arg(long, value_enum)]
+    pub method: CompressMethodArg,
+    /// Number of block terms R (btd only).
+    #[arg(long, value_name = "R")]
+    pub terms: Option<usize>,
+    /// How ranks are chosen: fixed:a,b | energy:F | ratio:X | budget:F | vbmf (see below).
+    #[arg(long, value_name = "RULE", value_parser = parse_rule)]
+    pub rank_rule: gbtd::compress::RankRule,
+    /// Per-layer rules (TOML or JSON file: module name such as layer1.0.conv2 -> rule or "skip").
+    #[arg(long, value_name = "FILE")]
+    pub overrides: Option<PathBuf>,
+    /// Only tensors whose name matches this regex (searched anywhere in the name).
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub layers: Option<regex::Regex>,
+    /// Leave tensors whose name matches this regex unchanged.
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub skip: Option<regex::Regex>,
+    /// The compressed checkpoint (.safetensors, written atomically).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub out: PathBuf,
+    /// Also write the report, as JSON or CSV by the extension (atomically).
+    #[arg(long, value_name = "report.json|report.csv")]
+    pub report: Option<PathBuf>,
+    /// Output height and width for the multiply-add counts.
+    #[arg(long, value_name = "S", default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
+    pub input_size: u32,
+    /// Maximum number of ALS / HOOI sweeps per layer.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_iter: usize,
+    /// Stop a layer when its relative error changes by less than T between sweeps (0: all sweeps).
+    #[arg(long, value_name = "T", default_value_t = 1e-8, allow_negative_numbers = true)]
+    pub tol: f64,
+    /// Seed (CP's random columns beyond a dimension).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar and no warnings (the report is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 /// Arguments of `gbtd reconstruct`.
 #[derive(Debug, Args)]
 pub struct ReconstructArgs {
@@ -220,6 +317,7 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
             let is_sub = |s: &str| std::env::args().nth(1).as_deref() == Some(s);
             let help = match () {
                 _ if is_sub("decompose") => "gbtd decompose --help",
+                _ if is_sub("compress") => "gbtd compress --help",
                 _ if is_sub("reconstruct") => "gbtd reconstruct --help",
                 _ if is_sub("info") => "gbtd info --help",
                 _ => "gbtd --help",
