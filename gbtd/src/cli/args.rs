@@ -74,8 +74,10 @@ pub enum Command {
     #[command(after_help = "Example:\n  gbtd reconstruct k.safetensors --out k_hat.npy")]
     Reconstruct(ReconstructArgs),
     /// List the tensors of a .npy, .npz, .safetensors file or PyTorch checkpoint (name, dtype,
-    /// shape) and its metadata.
-    #[command(after_help = "Examples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth")]
+    /// shape, whether it is a conv kernel) and its metadata.
+    #[command(
+        after_help = "Conv kernel: a 4-D floating-point tensor, read in PyTorch's layout (out, in, kh, kw);\n\"depthwise\" when in = 1 (a depthwise kernel, groups = out, or a layer with one input channel).\n\nExamples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth --json"
+    )]
     Info(InfoArgs),
     /// Which OpenBLAS kernels and how many threads gbtd runs with, and why.
     #[command(hide = true, after_help = BLAS_INFO_EXAMPLES)]
@@ -179,6 +181,9 @@ pub struct ReconstructArgs {
 pub struct InfoArgs {
     /// A .npy, .npz, .safetensors file or a PyTorch checkpoint (.pth, .pt, .bin, .ckpt).
     pub file: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `gbtd blas-info`.
