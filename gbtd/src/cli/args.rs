@@ -29,7 +29,9 @@ Methods and ranks (ranks are listed in the order of the factorized modes):
            Eq. 5/6), otherwise every mode:    --terms R --rank out*,in*
   --modes m0,m1,... overrides the factorized modes of tucker, tucker2 and btd.
 
-Reported: relative error ||X - X_hat|| / ||X|| (recomputed from the reconstruction), parameters before
+Reported: relative error ||X - X_hat|| / ||X|| (for tucker/tucker2 from ||X||^2 - ||core||^2, for cp from
+the fit's own sums, when the error is large enough for them to resolve it: >= 1.5e-4 in f64; otherwise
+and for btd from the reconstruction), parameters before
 (elements of X) and after (cores + factors + weights), compression = before / after, sweeps run and
 the seconds spent in the decomposition itself (file I/O excluded). A warning on stderr (not with
 --json/--quiet) says when the ranks make the layer larger than the original (compression < 1).
