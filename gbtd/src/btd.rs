@@ -48,13 +48,21 @@
 //! the usual case in networks) has many exact solutions and flat directions between them.
 //!
 //! # Initialisation
-//! - [`Init::Svd`]: on a mode with `R·L_m ≤ d_m` ("split" mode), the leading `R·L_m` left singular
-//!   vectors of `X_(m)` are split among the terms (term `r` gets vectors `r·L_m..(r+1)·L_m`). On a mode
-//!   with `R·L_m > d_m` ("overcomplete" mode), term `r` gets the leading `L_m` left singular vectors of
-//!   `X` projected on term `r`'s subspaces of the split modes, `(X ×_{k split} A_k^rᵀ)_(m)`. If every
-//!   mode is overcomplete, the terms are built greedily instead: term `r` gets the leading `L_m` left
-//!   singular vectors of the residual `X − Σ_{s<r} G_s ×_m A_m^s` on every mode (HOSVD of the residual
-//!   per term, each core the projection of the residual).
+//! - [`Init::Svd`]: an *anchor* mode is chosen among the modes where the `R` blocks fit side by
+//!   side (`R·L_m ≤ d_m`): the one of smallest rank `L_m`. Its leading `R·L_m` left singular vectors
+//!   of `X_(m)` are split among the terms (term `r` gets vectors `r·L_m..(r+1)·L_m`, so the terms'
+//!   anchor subspaces are orthogonal). On every other mode, in the order of `modes`, term `r` gets
+//!   the leading `L_m` left singular vectors of `X` projected on its subspaces chosen so far (the
+//!   anchor block first): a sequentially truncated HOSVD per term. The subspaces of the terms are
+//!   thereby *paired*: splitting every mode's leading singular vectors independently would give
+//!   term `r` the `r`-th block of each mode, blocks that need not belong together (on a matrix,
+//!   the left block `r·L_0..` and the right block `r·L_1..` only match when `L_0 = L_1`), and ALS
+//!   then stalls far above the attainable error. On matrix-shaped data (kept modes of size 1) the
+//!   anchored start is the truncated SVD of rank `R·min_m L_m`, the best any `R`-term model can do,
+//!   so the error starts at the error of the Tucker model of ranks `R·L_m` and only goes down.
+//!   If no mode has room for the `R` blocks, the terms are built greedily instead: term `r` gets
+//!   the leading `L_m` left singular vectors of the residual `X − Σ_{s<r} G_s ×_m A_m^s` on every
+//!   mode (HOSVD of the residual per term, each core the projection of the residual).
 //! - [`Init::Random`]: i.i.d. standard normal factors from `seed`, orthonormalised block by block.
 //! - [`Init::Given`]: one matrix per entry of `modes`, in the same order: the concatenated factor
 //!   `Â_m` of shape `(d_m, R·L_m)`, term `r` in columns `r·L_m..(r+1)·L_m`. Blocks are orthonormalised
@@ -327,11 +335,13 @@ pub fn btd<T: Real>(x: &ArrayViewD<'_, T>, opts: &BtdOptions<'_, T>) -> Result<B
 /// With `P = Π d_k`, `K` factorized modes and `R` terms it counts: `2 + K` tensors of size `P`
 /// (the input, its cached unfoldings, the reconstruction); twice the concatenated factors
 /// `Σ d_m·R·L_m` and the cores `R·Π L_m·Π_{kept} d_k` (the iterate and the line search's
-/// previous one); twice the largest `W` matrix `R·L_m × P/d_m` with its product; the factor
-/// normal equations `(R·L_m)²`; and six matrices the size of the core system (the system, its
-/// factorization, the pseudo-inverse fallback's SVD and product), `(R·Π L_m)²` for the direct
-/// solve or `(Π L_m)²` per term above [`DIRECT_CORE_SOLVE_MAX`] unknowns. The total is doubled for the
-/// temporaries of each step (products before assignment, QR and solver copies).
+/// previous one); twice the largest `W` matrix `R·L_m × P/d_m` with its product; four matrices
+/// the size of the factor normal equations `(R·L_m)²` (the system, its factorization, the
+/// pseudo-inverse fallback's eigenvectors and product); and for the cores either six matrices the
+/// size of the joint system `(R·Π L_m)²` (up to [`DIRECT_CORE_SOLVE_MAX`] unknowns), or, for the
+/// block Gauss–Seidel update above it, which forms no such system, three more sets of cores (the
+/// projections and each update's temporaries) and the `R·Σ L_m²` cross products. The total is
+/// doubled for the temporaries of each step (products before assignment, QR and solver copies).
 pub fn workspace_bytes(
     shape: &[usize],
     modes: &[usize],
@@ -356,18 +366,19 @@ pub fn workspace_bytes(
         largest_normal = largest_normal.max(rl.saturating_mul(rl));
     }
     let unknowns = r.saturating_mul(prod_l);
-    let core_system = if unknowns <= DIRECT_CORE_SOLVE_MAX as u128 {
-        unknowns.saturating_mul(unknowns)
+    let core_update = if unknowns <= DIRECT_CORE_SOLVE_MAX as u128 {
+        // The system, its factorization, and for the pseudo-inverse fallback U, Vᵀ and their
+        // product: six matrices of its size.
+        unknowns.saturating_mul(unknowns).saturating_mul(6)
     } else {
-        prod_l.saturating_mul(prod_l)
+        let cross: u128 = rank.iter().map(|&l| (l as u128).saturating_mul(l as u128)).sum();
+        cores.saturating_mul(3).saturating_add(r.saturating_mul(cross))
     };
     elements = elements
         .saturating_add(factors.saturating_add(cores).saturating_mul(2))
         .saturating_add(largest_w.saturating_mul(2))
-        .saturating_add(largest_normal)
-        // The system, its factorization, and for the pseudo-inverse fallback U, Vᵀ and their
-        // product: six matrices of its size.
-        .saturating_add(core_system.saturating_mul(6));
+        .saturating_add(largest_normal.saturating_mul(4))
+        .saturating_add(core_update);
     // Temporaries (products before they are assigned, QR and solve copies) at most double it.
     elements.saturating_mul(2).saturating_mul(elem_size as u128)
 }
@@ -452,52 +463,49 @@ impl<T: Real> Als<T> {
     }
 
     fn initialise_svd(&mut self, dims: &[usize]) -> Result<()> {
-        let mut greedy = Vec::new();
-        self.fac = Vec::with_capacity(dims.len());
-        for (i, (&d, &l)) in dims.iter().zip(&self.rank).enumerate() {
-            if self.r * l <= d {
-                let (u, _) = leading_left_singular_vectors(
-                    &lapack_ready(&self.unfolded[i].view()).view(),
-                    self.r * l,
-                )?;
-                self.fac.push(u);
-            } else {
-                self.fac.push(Array2::zeros((d, self.r * l)));
-                greedy.push(i);
+        let k = dims.len();
+        self.fac = dims
+            .iter()
+            .zip(&self.rank)
+            .map(|(&d, &l)| Array2::zeros((d, self.r * l)))
+            .collect();
+        // The anchor: among the modes where the R blocks fit side by side (R·L ≤ d), the one of
+        // smallest rank (the first listed on ties).
+        let anchor = (0..k)
+            .filter(|&i| self.r * self.rank[i] <= dims[i])
+            .min_by_key(|&i| self.rank[i]);
+        let Some(i0) = anchor else {
+            return self.initialise_greedy();
+        };
+        let m0 = self.modes[i0];
+        let l0 = self.rank[i0];
+        let (u, _) =
+            leading_left_singular_vectors(&lapack_ready(&self.unfolded[i0].view()).view(), self.r * l0)?;
+        self.fac[i0] = u;
+        // Term r's subspaces on the other modes, in the order of `modes`: the leading left
+        // singular vectors of X projected on term r's subspaces chosen so far (a sequentially
+        // truncated HOSVD per term, started from its anchor block).
+        let y = mode_dot(&self.x.view(), &self.fac[i0].t(), m0)?;
+        for r in 0..self.r {
+            let mut p = y.slice_axis(Axis(m0), (r * l0..(r + 1) * l0).into()).to_owned();
+            for i in (0..k).filter(|&i| i != i0) {
+                let (m, l) = (self.modes[i], self.rank[i]);
+                let pu = unfold(&p.view(), m)?;
+                let (u, _) = leading_left_singular_vectors(&lapack_ready(&pu.view()).view(), l)?;
+                p = mode_dot(&p.view(), &u.t(), m)?;
+                self.fac[i].slice_mut(s![.., r * l..(r + 1) * l]).assign(&u);
             }
         }
-        if greedy.is_empty() {
-            return Ok(());
-        }
-        let split: Vec<usize> = (0..dims.len()).filter(|i| !greedy.contains(i)).collect();
-        if let Some(&i0) = split.first() {
-            // Term r's subspace on an overcomplete mode: the leading singular vectors of X projected
-            // on term r's (already split) subspaces of the other modes.
-            let m0 = self.modes[i0];
-            let l0 = self.rank[i0];
-            let y = mode_dot(&self.x.view(), &self.fac[i0].t(), m0)?;
-            let split_modes: Vec<usize> = split[1..].iter().map(|&i| self.modes[i]).collect();
-            for r in 0..self.r {
-                let yr = y.slice_axis(Axis(m0), (r * l0..(r + 1) * l0).into());
-                let views: Vec<ArrayView2<'_, T>> = split[1..].iter().map(|&i| self.block(i, r)).collect();
-                let pr = if views.is_empty() {
-                    yr.to_owned()
-                } else {
-                    multi_mode_dot(&yr, &views, Some(&split_modes), None, true)?
-                };
-                for &i in &greedy {
-                    let l = self.rank[i];
-                    let pu = unfold(&pr.view(), self.modes[i])?;
-                    let (u, _) = leading_left_singular_vectors(&lapack_ready(&pu.view()).view(), l)?;
-                    self.fac[i].slice_mut(s![.., r * l..(r + 1) * l]).assign(&u);
-                }
-            }
-            return Ok(());
-        }
-        // Every mode is overcomplete: greedy per-term HOSVD of the residual.
+        Ok(())
+    }
+
+    /// The initialisation when no mode has room for the R blocks side by side: term `r` gets the
+    /// leading left singular vectors of the residual `X − Σ_{s<r} G_s ×_m A_m^s` on every mode
+    /// (a HOSVD of the residual per term, each core the projection of the residual).
+    fn initialise_greedy(&mut self) -> Result<()> {
         let mut residual = self.x.clone();
         for r in 0..self.r {
-            for &i in &greedy {
+            for i in 0..self.modes.len() {
                 let l = self.rank[i];
                 let ru = unfold(&residual.view(), self.modes[i])?;
                 let (u, _) = leading_left_singular_vectors(&lapack_ready(&ru.view()).view(), l)?;

@@ -40,15 +40,18 @@
 //! smaller errors.
 //!
 //! # Initialisation
-//! - [`Init::Svd`] (TensorLy's `init='svd'`): `A_n` = the `min(R, d_n)` leading left singular
-//!   vectors of `X_(n)` ([`crate::tucker::leading_unfolding_vectors`]), the first factor's columns
-//!   scaled by the singular values; when `R > d_n` the `R − d_n` extra columns are i.i.d. uniform
-//!   on `[0, 1)` from the seeded generator.
+//! - [`Init::Svd`] (TensorLy 0.10's `initialize_cp(init='svd', random_state=seed)`): `A_n` = the
+//!   `min(R, d_n)` leading left singular vectors of `X_(n)`
+//!   ([`crate::tucker::leading_unfolding_vectors`], signs as TensorLy's `svd_flip`), the first
+//!   factor's columns scaled by the singular values. When `R > d_n` the `R − d_n` extra columns
+//!   are `rng.random_sample((d_n, R − d_n))` of TensorLy's generator `rng =
+//!   numpy.random.RandomState(seed)`, filled row by row, one generator for all modes in order
+//!   ([`NumpyRandomState`]: MT19937 seeded like numpy, 53-bit uniform doubles on `[0, 1)`). The
+//!   same `seed` thus gives TensorLy's initial factors, and the same ALS iterates.
 //! - [`Init::Random`]: i.i.d. standard normal factors from the seeded generator.
 //! - [`Init::Given`]: `N` matrices `(d_n × R)`.
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn};
-use rand::Rng as _;
 
 use crate::error::{GbtdError, Result};
 use crate::layout::{InputLayouts, Laid, sq_norm};
@@ -243,9 +246,9 @@ pub fn workspace_bytes(shape: &[usize], r: usize, elem_size: usize) -> u128 {
 fn init_factors<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Result<Vec<Array2<T>>> {
     let shape = x.shape();
     let r = opts.rank;
-    let mut g = rng(opts.iter.seed);
     match &opts.init {
         Init::Svd => {
+            let mut g = NumpyRandomState::new(opts.iter.seed);
             let mut factors = Vec::with_capacity(shape.len());
             for (mode, &d) in shape.iter().enumerate() {
                 let k = r.min(d);
@@ -258,17 +261,44 @@ fn init_factors<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Resu
                     }
                 }
                 for v in a.slice_mut(ndarray::s![.., k..]).iter_mut() {
-                    *v = T::from_f64_lossy(g.random::<f64>());
+                    *v = T::from_f64_lossy(g.random_sample());
                 }
                 factors.push(a);
             }
             Ok(factors)
         }
-        Init::Random => Ok(shape.iter().map(|&d| randn2(d, r, &mut g)).collect()),
+        Init::Random => {
+            let mut g = rng(opts.iter.seed);
+            Ok(shape.iter().map(|&d| randn2(d, r, &mut g)).collect())
+        }
         Init::Given(given) => {
             validate_given(given, shape, &vec![r; shape.len()])?;
             Ok(given.clone())
         }
+    }
+}
+
+/// numpy's legacy generator `numpy.random.RandomState(seed)` (the `random_state` of TensorLy),
+/// as far as [`parafac`]'s SVD initialisation draws from it: MT19937 seeded by `init_genrand(seed)`
+/// for a seed below 2³² (numpy's integer seeding), and `random_sample()` = `(a·2²⁶ + b) / 2⁵³`
+/// from two outputs `a = u₁ >> 5`, `b = u₂ >> 6`. numpy refuses larger integer seeds; those seed
+/// the generator with the key `[low 32 bits, high 32 bits]` (numpy's `RandomState([lo, hi])`).
+pub struct NumpyRandomState(rand_mt::Mt);
+
+impl NumpyRandomState {
+    /// The generator of `numpy.random.RandomState(seed)` (see the type's documentation).
+    pub fn new(seed: u64) -> Self {
+        match u32::try_from(seed) {
+            Ok(s) => NumpyRandomState(rand_mt::Mt::new(s)),
+            Err(_) => NumpyRandomState(rand_mt::Mt::new_with_key([seed as u32, (seed >> 32) as u32])),
+        }
+    }
+
+    /// The next `random_sample()`: a uniform double on `[0, 1)` with 53 random bits.
+    pub fn random_sample(&mut self) -> f64 {
+        let a = self.0.next_u32() >> 5;
+        let b = self.0.next_u32() >> 6;
+        (f64::from(a) * 67_108_864.0 + f64::from(b)) / 9_007_199_254_740_992.0
     }
 }
 

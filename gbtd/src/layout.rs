@@ -17,7 +17,8 @@
 //! Used by [`crate::tucker`] (HOSVD, HOOI) and [`crate::cp`] (the order-3 MTTKRPs).
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, CowArray, IxDyn,
+    Array, Array2, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut, ArrayViewMut2, Axis, CowArray,
+    Dimension, IxDyn, ShapeBuilder,
 };
 
 use crate::error::{GbtdError, Result};
@@ -101,10 +102,14 @@ impl<'a, T: Real> Laid<'a, T> {
     pub(crate) fn moved_last<'b>(&self, pos: usize) -> Result<Laid<'b, T>> {
         let (p, d, q) = self.pdq(pos);
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
-        let mut out = Array3::<T>::zeros((p, q, d));
-        for (src, mut dst) in x3.outer_iter().zip(out.outer_iter_mut()) {
-            dst.assign(&src.t());
-        }
+        // SAFETY: `assign` writes every element of every slice (and reads none).
+        let out = unsafe {
+            written_by((p, q, d), |mut out| {
+                for (src, mut dst) in x3.outer_iter().zip(out.outer_iter_mut()) {
+                    dst.assign(&src.t());
+                }
+            })
+        };
         let mut shape = self.data.shape().to_vec();
         let mut axes = self.axes.clone();
         shape.remove(pos);
@@ -138,24 +143,29 @@ impl<'a, T: Real> Laid<'a, T> {
         let mut shape = self.data.shape().to_vec();
         shape[pos] = r;
         let x3 = self.data.view().into_shape_with_order((p, d, q))?;
-        let mut out = Array3::<T>::zeros((p, r, q));
         let work = 2.0 * (p * d * q * r) as f64;
-        if p == 1 {
-            at_times(
-                a,
-                &x3.index_axis(Axis(0), 0),
-                out.index_axis_mut(Axis(0), 0),
-                work,
-                true,
-            );
-        } else {
-            // A middle mode with wide slices: out[i] = Aᵀ · x[i], the slices shared out over the
-            // threads.
-            let slices: Vec<_> = x3.outer_iter().zip(out.outer_iter_mut()).collect();
-            map_items(slices, split(work), |(src, dst)| {
-                at_times(a, &src, dst, work, false)
-            });
-        }
+        // SAFETY: `at_times` writes all of each output slice (GEMMs with β = 0) and every slice
+        // is given to it.
+        let out = unsafe {
+            written_by((p, r, q), |mut out| {
+                if p == 1 {
+                    at_times(
+                        a,
+                        &x3.index_axis(Axis(0), 0),
+                        out.index_axis_mut(Axis(0), 0),
+                        work,
+                        true,
+                    );
+                } else {
+                    // A middle mode with wide slices: out[i] = Aᵀ · x[i], the slices shared out
+                    // over the threads.
+                    let slices: Vec<_> = x3.outer_iter().zip(out.outer_iter_mut()).collect();
+                    map_items(slices, split(work), |(src, dst)| {
+                        at_times(a, &src, dst, work, false)
+                    });
+                }
+            })
+        };
         Ok(Laid {
             data: CowArray::from(out.into_shape_with_order(IxDyn(&shape))?),
             axes: self.axes.clone(),
@@ -171,9 +181,9 @@ impl<'a, T: Real> Laid<'a, T> {
         let (p, d, _) = self.pdq(pos);
         let r = a.ncols();
         let x2 = self.data.view().into_shape_with_order((p, d))?;
-        let mut out = Array2::<T>::zeros((r, p));
         let work = 2.0 * (p * d * r) as f64;
-        at_times(a, &x2.t(), out.view_mut(), work, true);
+        // SAFETY: `at_times` writes all of its output (GEMMs with β = 0).
+        let out = unsafe { written_by((r, p), |out| at_times(a, &x2.t(), out, work, true)) };
         // Storage axes after `pos` (if any) have size 1: they follow the others.
         let mut shape = vec![r];
         shape.extend_from_slice(&self.data.shape()[..pos]);
@@ -251,6 +261,28 @@ pub(crate) const CHUNK: usize = 512;
 /// (`OPENBLAS_NUM_THREADS=2 cargo run --release -p gbtd --example pass_timing` compares them).
 pub(crate) fn split(work: f64) -> bool {
     (SPLIT_MIN_WORK..SMALL_BLAS_WORK).contains(&work)
+}
+
+/// A new array of `shape` whose elements `fill` writes, allocated without the zero fill of
+/// `Array::zeros` (the products and copies of a sweep overwrite their outputs whole, so a zero
+/// fill first is wasted memory traffic).
+///
+/// # Safety
+/// `fill` must write every element of the view it gets and read none before writing it. A GEMM
+/// with `β = 0` qualifies: `ndarray::linalg::general_mat_mul` documents that its output then
+/// need not be initialised, and BLAS `gemm` never reads it. (ndarray's own `dot` allocates its
+/// result this way.)
+unsafe fn written_by<T: Real, D: Dimension, Sh: ShapeBuilder<Dim = D>>(
+    shape: Sh,
+    fill: impl FnOnce(ArrayViewMut<'_, T, D>),
+) -> Array<T, D> {
+    let mut out = Array::<T, D>::uninit(shape);
+    // SAFETY: the view covers exactly `out`'s elements, which are `T`-sized and aligned; its
+    // values are written by `fill` before anything reads them (the caller's contract).
+    let view = unsafe { out.raw_view_mut().cast::<T>().deref_into_view_mut() };
+    fill(view);
+    // SAFETY: every element was written by `fill`.
+    unsafe { out.assume_init() }
 }
 
 /// `out = Aᵀ · b` for `A` `(d × r)` and `b` `(d × n)` (any strides, e.g. a transposed `X`).

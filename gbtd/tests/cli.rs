@@ -784,3 +784,79 @@ fn values_near_f32_max_decompose() {
         "rerun with --dtype f64",
     );
 }
+
+/// `gbtd info` marks conv kernels: 4-D floating-point tensors in PyTorch's `(out, in, kh, kw)`
+/// layout, "depthwise" when `in = 1`; biases, matrices and integer buffers are not. The table
+/// has the column and `--json` the same facts.
+#[test]
+fn info_marks_conv_kernels_in_the_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("m.safetensors");
+    let f32s = |n: usize| -> Vec<u8> { (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect() };
+    let (conv, dw, pw, bias, fc) = (f32s(8 * 4 * 9), f32s(8 * 9), f32s(8 * 4), f32s(8), f32s(10 * 8));
+    let ints: Vec<u8> = (0..16i64).flat_map(|i| i.to_le_bytes()).collect();
+    let views = vec![
+        (
+            "conv.weight",
+            TensorView::new(Dtype::F32, vec![8, 4, 3, 3], &conv).unwrap(),
+        ),
+        (
+            "dw.weight",
+            TensorView::new(Dtype::F32, vec![8, 1, 3, 3], &dw).unwrap(),
+        ),
+        (
+            "pw.weight",
+            TensorView::new(Dtype::F32, vec![8, 4, 1, 1], &pw).unwrap(),
+        ),
+        ("conv.bias", TensorView::new(Dtype::F32, vec![8], &bias).unwrap()),
+        (
+            "fc.weight",
+            TensorView::new(Dtype::F32, vec![10, 8], &fc).unwrap(),
+        ),
+        (
+            "counts",
+            TensorView::new(Dtype::I64, vec![2, 2, 2, 2], &ints).unwrap(),
+        ),
+    ];
+    std::fs::write(&st, safetensors::serialize(views, None).unwrap()).unwrap();
+    let want = [
+        ("conv.weight", "yes", true, false),
+        ("dw.weight", "depthwise", true, true),
+        ("pw.weight", "yes", true, false),
+        ("conv.bias", "no", false, false),
+        ("fc.weight", "no", false, false),
+        ("counts", "no", false, false),
+    ];
+
+    let table = ok(&gbtd(&["info", s(&st)]));
+    let header = table.lines().nth(1).unwrap();
+    assert!(header.trim_end().ends_with("conv kernel"), "{table}");
+    for (name, label, _, _) in want {
+        let line = table
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{table}"));
+        assert_eq!(line.split_whitespace().last(), Some(label), "{line}");
+    }
+
+    let json: Value = serde_json::from_str(&ok(&gbtd(&["info", s(&st), "--json"]))).unwrap();
+    assert_eq!(json["format"], "safetensors");
+    let tensors = json["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), want.len());
+    for (name, _, conv, depthwise) in want {
+        let t = tensors.iter().find(|t| t["name"] == name).unwrap();
+        assert_eq!(t["conv_kernel"], conv, "{t}");
+        assert_eq!(t["depthwise"], depthwise, "{t}");
+    }
+    let c = tensors.iter().find(|t| t["name"] == "conv.weight").unwrap();
+    assert_eq!(c["shape"], serde_json::json!([8, 4, 3, 3]));
+    assert_eq!(c["elements"], 8 * 4 * 9);
+    assert_eq!(c["dtype"], "F32");
+
+    // A .npy kernel, no metadata.
+    let p = dir.path().join("k.npy");
+    write_npy(&p, &randn(&[6, 4, 3, 3], 1)).unwrap();
+    let json: Value = serde_json::from_str(&ok(&gbtd(&["info", s(&p), "--json"]))).unwrap();
+    assert_eq!(json["tensors"][0]["conv_kernel"], true);
+    assert_eq!(json["format"], "npy");
+}

@@ -324,3 +324,62 @@ fn cp_als_matches_textbook_als_at_threaded_sizes() {
         );
     }
 }
+
+/// With a rank above some dimensions, the SVD initialisation is TensorLy 0.10's
+/// `initialize_cp(init='svd', random_state=seed)`: on each mode the leading singular vectors (up
+/// to sign; mode 0 scaled by the singular values), then `R − d_n` columns of
+/// `numpy.random.RandomState(seed).random_sample`, one generator for all modes. Both sides'
+/// initial factors are compared after column normalisation (gbtd keeps the scale in the
+/// weights), and so is the fit after a few sweeps of `parafac` with the same seed.
+#[test]
+fn svd_init_beyond_a_dimension_is_tensorlys() {
+    if !peers::available("svd_init_beyond_a_dimension_is_tensorlys") {
+        return;
+    }
+    let x = &low_rank(&[6, 5, 3, 2], 4, 81) + &(gaussian(&[6, 5, 3, 2], 82) * 0.1);
+    let (rank, sweeps) = (7usize, 8usize);
+    let script = r#"
+import tensorly as tl
+from tensorly.decomposition import parafac
+from tensorly.decomposition._cp import initialize_cp
+x = load('x')
+for tag, seed in [('s', 11), ('l', 2**32 + 5)]:
+    rs = seed if seed < 2**32 else np.random.RandomState([seed & 0xffffffff, seed >> 32])
+    _, factors = initialize_cp(x, 7, init='svd', random_state=rs)
+    for n, f in enumerate(factors):
+        save(f'{tag}{n}', f / np.linalg.norm(f, axis=0))
+cp = parafac(x, 7, n_iter_max=8, init='svd', tol=0, random_state=11)
+save('e', [np.linalg.norm(x - tl.cp_to_tensor(cp)) / np.linalg.norm(x)])
+"#;
+    let names: Vec<String> = ["s", "l"]
+        .iter()
+        .flat_map(|t| (0..4).map(move |n| format!("{t}{n}")))
+        .chain(["e".to_string()])
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let out = python_npy(script, &[("x", &x)], &refs);
+    for (t, seed) in [(0usize, 11u64), (1, (1u64 << 32) + 5)] {
+        let init = parafac(&x.view(), &opts(rank, 0, seed)).unwrap();
+        for (n, got) in init.factors.iter().enumerate() {
+            let want = &out[t * 4 + n];
+            let d = x.shape()[n];
+            for j in 0..rank {
+                let (g, w) = (got.column(j), want.slice(ndarray::s![.., j]));
+                // Singular vectors are defined up to sign; the random columns are not.
+                let sign = if j < d && g.dot(&w) < 0.0 { -1.0 } else { 1.0 };
+                let diff = g
+                    .iter()
+                    .zip(w.iter())
+                    .map(|(a, b)| (a - sign * b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    diff < 1e-10,
+                    "seed {seed}, mode {n}, column {j}: differs by {diff}"
+                );
+            }
+        }
+    }
+    let cp = parafac(&x.view(), &opts(rank, sweeps, 11)).unwrap();
+    let (got, want) = (true_error(&cp, &x), out[8][[0]]);
+    assert!((got - want).abs() < 1e-6 * want, "error {got} vs TensorLy {want}");
+}

@@ -101,6 +101,8 @@ fn estimates_bound_the_measured_peak_and_oversized_runs_are_refused() {
         (vec![16, 12, 3, 3], vec![0, 1], vec![4, 3], 4),
         (vec![96, 64, 3, 3], vec![0, 1], vec![16, 8], 4),
         (vec![32, 16, 3, 3], vec![0, 1], vec![4, 4], 40),
+        // Above DIRECT_CORE_SOLVE_MAX core unknowns (2·48·24): block Gauss–Seidel core updates.
+        (vec![96, 64, 1, 1], vec![0, 1], vec![48, 24], 2),
     ] {
         let x = tensor(&shape);
         let opts = BtdOptions::new(terms, rank.clone())

@@ -29,7 +29,9 @@ Methods and ranks (ranks are listed in the order of the factorized modes):
            Eq. 5/6), otherwise every mode:    --terms R --rank out*,in*
   --modes m0,m1,... overrides the factorized modes of tucker, tucker2 and btd.
 
-Reported: relative error ||X - X_hat|| / ||X|| (recomputed from the reconstruction), parameters before
+Reported: relative error ||X - X_hat|| / ||X|| (for tucker/tucker2 from ||X||^2 - ||core||^2, for cp from
+the fit's own sums, when the error is large enough for them to resolve it: >= 1.5e-4 in f64; otherwise
+and for btd from the reconstruction), parameters before
 (elements of X) and after (cores + factors + weights), compression = before / after, sweeps run and
 the seconds spent in the decomposition itself (file I/O excluded). A warning on stderr (not with
 --json/--quiet) says when the ranks make the layer larger than the original (compression < 1).
@@ -103,8 +105,10 @@ pub enum Command {
     #[command(after_help = "Example:\n  gbtd reconstruct k.safetensors --out k_hat.npy")]
     Reconstruct(ReconstructArgs),
     /// List the tensors of a .npy, .npz, .safetensors file or PyTorch checkpoint (name, dtype,
-    /// shape) and its metadata.
-    #[command(after_help = "Examples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth")]
+    /// shape, whether it is a conv kernel) and its metadata.
+    #[command(
+        after_help = "Conv kernel: a 4-D floating-point tensor, read in PyTorch's layout (out, in, kh, kw);\n\"depthwise\" when in = 1 (a depthwise kernel, groups = out, or a layer with one input channel).\n\nExamples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth --json"
+    )]
     Info(InfoArgs),
     /// Which OpenBLAS kernels and how many threads gbtd runs with, and why.
     #[command(hide = true, after_help = BLAS_INFO_EXAMPLES)]
@@ -276,6 +280,9 @@ pub struct ReconstructArgs {
 pub struct InfoArgs {
     /// A .npy, .npz, .safetensors file or a PyTorch checkpoint (.pth, .pt, .bin, .ckpt).
     pub file: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `gbtd blas-info`.
