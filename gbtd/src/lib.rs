@@ -18,6 +18,7 @@
 //! - Everything user-facing stores conv kernels in PyTorch layout `(out, in, kh, kw)`.
 pub mod btd;
 pub mod collective;
+pub mod conv;
 pub mod cp;
 pub mod decomposition;
 pub mod display;
