@@ -2,8 +2,9 @@
 //! and `.safetensors` files, from the command line.
 //!
 //! Subcommands: `decompose` (factorize, report error and compression, optionally save the
-//! factors), `reconstruct` (rebuild the tensor from saved factors) and `info` (list a file's
-//! tensors). Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
+//! factors), `reconstruct` (rebuild the tensor from saved factors), `info` (list a file's
+//! tensors), `verify` (run original convs and their factorized chains side by side) and
+//! `collective` (shared factorization of several kernels). Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
 //! command-line usage errors); nothing is written on failure.
 use std::process::ExitCode;
 
@@ -13,10 +14,13 @@ use gbtd::openblas::{ThreadPolicy, default_threads, ensure_kernels_match_cpu};
 mod cli {
     pub mod args;
     pub mod blas_info;
+    pub mod chain_file;
+    pub mod collective;
     pub mod decompose;
     pub mod info;
     pub mod reconstruct;
     pub mod report;
+    pub mod verify;
 }
 
 use cli::args::{Cli, Command};
@@ -28,6 +32,8 @@ fn blas_work(command: &Command) -> Option<bool> {
         Command::Decompose(a) => Some(!a.quiet && !a.json),
         Command::Reconstruct(a) => Some(!a.quiet),
         Command::BlasInfo(_) => Some(false),
+        Command::Verify(a) => Some(!a.quiet && !a.json),
+        Command::Collective(a) => Some(!a.quiet && !a.json),
         Command::Info(_) => None,
     }
 }
@@ -52,6 +58,8 @@ fn main() -> ExitCode {
         Command::Reconstruct(a) => cli::reconstruct::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::BlasInfo(a) => cli::blas_info::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+        Command::Collective(a) => cli::collective::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
