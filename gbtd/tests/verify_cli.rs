@@ -727,3 +727,75 @@ fn collective_bad_inputs_are_one_line_errors() {
     fails(&a, 1, &["is the model file"]);
     assert!(!dir.path().join("x.safetensors").exists());
 }
+
+/// PyTorch loads the checkpoint `collective --out` writes as the README's loader does (each conv
+/// replaced by an `nn.Sequential` built from the metadata, `load_state_dict(strict=True)`), and the
+/// output error of the loaded chains against the original convs, computed by torch, agrees with
+/// the kernel errors gbtd reports.
+#[test]
+fn pytorch_runs_the_collective_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _, _) = collective_model(dir.path());
+    let out = dir.path().join("shared.safetensors");
+    let j = ok_json(&gbtd(&[
+        "collective",
+        s(&model),
+        "--tensors",
+        r"conv2\.weight$",
+        "--terms",
+        "3",
+        "--rank",
+        "2,3",
+        "--max-iter",
+        "20",
+        "--json",
+        "--quiet",
+        "--out",
+        s(&out),
+    ]));
+    let script = r#"
+import sys, json, torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+orig, comp = load_file(sys.argv[1]), load_file(sys.argv[2])
+with safe_open(sys.argv[2], 'pt') as f:
+    meta = json.loads(f.metadata()['gbtd.compress'])
+torch.manual_seed(0)
+res = {}
+def sub(sd, n):
+    return {k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + '.')}
+for l in meta['layers']:
+    n, (o, i, kh, kw), c = l['name'], l['shape'], l['chain']
+    old = torch.nn.Conv2d(i, o, (kh, kw), padding=(kh // 2, kw // 2), bias=(n + '.bias') in orig)
+    old.load_state_dict(sub(orig, n), strict=True)
+    seq = torch.nn.Sequential(
+        torch.nn.Conv2d(c[0]['in_channels'], c[0]['out_channels'], c[0]['kernel_size'], bias=False),
+        torch.nn.Conv2d(c[1]['in_channels'], c[1]['out_channels'], c[1]['kernel_size'], stride=old.stride,
+                        padding=old.padding, dilation=old.dilation, groups=c[1]['groups'], bias=False),
+        torch.nn.Conv2d(c[2]['in_channels'], c[2]['out_channels'], c[2]['kernel_size'],
+                        bias=c[2]['bias'] is not None))
+    seq.load_state_dict(sub(comp, n), strict=True)
+    x = torch.randn(4, i, 32, 32)
+    with torch.no_grad():
+        y, yc = old(x), seq(x)
+        lin = y - old.bias.view(1, -1, 1, 1) if old.bias is not None else y
+        res[n] = ((y - yc).norm() / lin.norm()).item()
+print(json.dumps(res))
+"#;
+    let Some(stdout) = peers::run(
+        "pytorch_runs_the_collective_checkpoint",
+        script,
+        &[s(&model), s(&out)],
+    ) else {
+        return;
+    };
+    let torch: Value = serde_json::from_str(stdout.trim()).unwrap();
+    for k in j["kernels"].as_array().unwrap() {
+        let name = k["name"].as_str().unwrap().strip_suffix(".weight").unwrap();
+        let (e_torch, e_kernel) = (num(&torch, name), num(k, "rel_error"));
+        assert!(
+            (e_torch - e_kernel).abs() <= 0.25 * e_kernel,
+            "{name}: torch's output error {e_torch} vs kernel error {e_kernel}"
+        );
+    }
+}
