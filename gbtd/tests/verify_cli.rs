@@ -725,7 +725,17 @@ fn collective_bad_inputs_are_one_line_errors() {
     let mut a = base(r"conv2\.weight$");
     a.extend_from_slice(&["--out", m]);
     fails(&a, 1, &["is the model file"]);
-    assert!(!dir.path().join("x.safetensors").exists());
+    // A model that already holds a chain's name, refused before the factorization.
+    let (_, _, mut t) = collective_model(dir.path());
+    t.insert("layer1.conv2.0.weight".into(), f32_raw(&randn(&[4, 8, 1, 1], 9)));
+    let clash = dir.path().join("clash.safetensors");
+    write_st(&clash, &t, None);
+    let target = dir.path().join("x.safetensors");
+    let mut a = base(r"conv2\.weight$");
+    a[1] = s(&clash);
+    a.extend_from_slice(&["--out", s(&target)]);
+    fails(&a, 1, &["already has a tensor 'layer1.conv2.0.weight'"]);
+    assert!(!target.exists());
 }
 
 /// PyTorch loads the checkpoint `collective --out` writes as the README's loader does (each conv

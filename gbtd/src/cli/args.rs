@@ -89,7 +89,7 @@ PyTorch loader of the README read it unchanged.
 Examples:
   gbtd collective resnext50.safetensors --tensors 'layer3\\.[0-9]+\\.conv2\\.weight' --terms 8 --rank 16,16
   gbtd collective model.pth --tensors 'conv2\\.weight$' --terms 4 --rank 8,8 --out shared.safetensors
-  gbtd collective model.safetensors --tensors 'layer1' --terms 2 --rank 4,4 --max-iter 50 --json";
+  gbtd collective model.safetensors --tensors '^layer1\\..*conv2\\.weight$' --terms 2 --rank 4,4 --max-iter 50 --json";
 
 const BLAS_INFO_EXAMPLES: &str = "\
 Examples:

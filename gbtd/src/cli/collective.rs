@@ -123,6 +123,9 @@ pub fn run(args: &CollectiveArgs) -> Result<()> {
             );
         }
     }
+    if args.out.is_some() {
+        check_out_names(&args.model, &matching, &listed)?;
+    }
     let kernels: Vec<NamedTensor> = matching
         .iter()
         .map(|t| formats::read_tensor(&args.model, Some(&t.name)))
@@ -239,6 +242,35 @@ fn check_out(out: &Path, model: &Path, format: Format) -> Result<()> {
         && a == b
     {
         bail!("--out {} is the model file; choose another name", out.display());
+    }
+    Ok(())
+}
+
+/// Checks before any work that every kernel is named `NAME.weight` and that the model has none of
+/// the chain's names yet (`--out`).
+fn check_out_names(
+    model: &Path,
+    kernels: &[&formats::TensorInfo],
+    all: &[formats::TensorInfo],
+) -> Result<()> {
+    for k in kernels {
+        let Some(name) = k.name.strip_suffix(".weight") else {
+            bail!(
+                "--out needs conv weights named NAME.weight (the PyTorch convention); '{}' is not",
+                k.name
+            );
+        };
+        let chain = [0, 1, 2].map(|i| format!("{name}.{i}.weight"));
+        if let Some(clash) = chain
+            .iter()
+            .chain([&format!("{name}.2.bias")])
+            .find(|n| all.iter().any(|t| &&t.name == n))
+        {
+            bail!(
+                "{} already has a tensor '{clash}' (is it already compressed?); give the uncompressed model",
+                model.display()
+            );
+        }
     }
     Ok(())
 }
