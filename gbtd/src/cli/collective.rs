@@ -384,16 +384,7 @@ fn write_checkpoint<T: Real>(
             );
         };
         let names = [0, 1, 2].map(|i| format!("{name}.{i}.weight"));
-        if let Some(clash) = names
-            .iter()
-            .chain([&format!("{name}.2.bias")])
-            .find(|n| tensors.contains_key(*n))
-        {
-            bail!(
-                "{} already has a tensor '{clash}' (is it already compressed?); give the uncompressed model",
-                args.model.display()
-            );
-        }
+        // `check_out_names` made sure that none of these names is taken.
         tensors.remove(&k.name);
         let bias = tensors.remove(&format!("{name}.bias"));
         let has_bias = bias.is_some();
