@@ -809,3 +809,62 @@ print(json.dumps(res))
         );
     }
 }
+
+/// ORIGINAL stored in f16 and bf16 (as half-precision checkpoints are): read, widened exactly,
+/// and compared in f32; the kernel errors move only by the rounding of the stored kernels.
+#[test]
+fn verify_reads_half_precision_originals() {
+    let f = fixture();
+    for (dtype, tol) in [(Dtype::F16, 2e-3), (Dtype::BF16, 2e-2)] {
+        let half: HashMap<String, Raw> = f
+            .model
+            .tensors
+            .iter()
+            .map(|(n, r)| {
+                let Raw(d, sh, b) = r;
+                if *d != Dtype::F32 {
+                    return (n.clone(), r.clone());
+                }
+                let bytes = b
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        match dtype {
+                            Dtype::F16 => half::f16::from_f32(v).to_le_bytes(),
+                            _ => half::bf16::from_f32(v).to_le_bytes(),
+                        }
+                    })
+                    .collect();
+                (n.clone(), Raw(dtype, sh.clone(), bytes))
+            })
+            .collect();
+        let orig = f.dir.join(format!("half_{dtype:?}.safetensors"));
+        write_st(&orig, &half, None);
+        // The chains carry the half-precision bias unchanged, as `compress` copies it.
+        let comp = f.dir.join(format!("half_{dtype:?}_c.safetensors"));
+        write_compressed(&comp, &f.model, &f.layers, |t, _| {
+            t.insert("a.conv.2.bias".into(), half["a.conv.bias"].clone());
+        });
+        let j = ok_json(&gbtd(&[
+            "verify",
+            s(&orig),
+            s(&comp),
+            "--input-size",
+            "12",
+            "--json",
+            "--quiet",
+        ]));
+        assert_eq!(j["passed"], json!(true), "{j}");
+        assert_eq!(j["dtype"], json!("f32"));
+        for (l, want) in j["layers"].as_array().unwrap().iter().zip(&f.layers) {
+            let w = &f.model.kernels.iter().find(|k| k.0 == want.name).unwrap().1;
+            let independent = rel_err(w, &want.reconstruction);
+            let kernel = num(l, "kernel_error");
+            assert!(
+                (kernel - independent).abs() <= tol,
+                "{dtype:?} {}: {kernel} vs {independent}",
+                want.name
+            );
+        }
+    }
+}

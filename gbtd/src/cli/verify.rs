@@ -33,20 +33,21 @@
 //! computation's precision `ε`). A layer that does not agree means that the chain's tensors do
 //! not compute the kernel they represent (a wrong `groups`, permuted weights): `verify` fails.
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array2, Array4, Axis};
+use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
+use safetensors::Dtype;
 use serde::Serialize;
 
 use gbtd::Real;
 use gbtd::conv::{Conv2d, conv2d};
-use gbtd::formats::{self, AnyTensor, DType, NamedTensor, TensorInfo};
+use gbtd::formats::{self, AnyTensor, DType, Format, NamedTensor, TensorInfo};
 use gbtd::layers::LayerChain;
 use gbtd::random::{randn, rng};
-use gbtd::tensor::relative_error;
+use gbtd::tensor::{relative_error, validate_tensor};
 
 use super::args::VerifyArgs;
 use super::chain_file::{self, LayerEntry};
@@ -121,11 +122,15 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
             );
         }
     }
+    let sources = Sources {
+        original: Source::open(&args.original)?,
+        factorized: Source::open(&args.factorized)?,
+    };
     let bar = progress_bar(args.quiet, meta.layers.len());
     let mut layers = Vec::with_capacity(meta.layers.len());
     for l in &meta.layers {
         bar.set_message(l.name.clone());
-        let r = verify_layer(args, l, &originals).with_context(|| format!("layer '{}'", l.name))?;
+        let r = verify_layer(args, l, &originals, &sources).with_context(|| format!("layer '{}'", l.name))?;
         layers.push(r);
         bar.inc(1);
     }
@@ -183,8 +188,101 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-fn read(path: &Path, name: &str) -> Result<NamedTensor> {
-    Ok(formats::read_tensor(path, Some(name))?)
+/// ORIGINAL and FACTORIZED.
+struct Sources {
+    original: Source,
+    factorized: Source,
+}
+
+/// A tensor file read once: a `.safetensors` file is kept in memory and each tensor decoded
+/// from it (instead of reading the whole file again per tensor); other formats go through
+/// [`formats::read_tensor`], which reads only the tensor asked for.
+struct Source {
+    path: PathBuf,
+    bytes: Option<Vec<u8>>,
+}
+
+impl Source {
+    fn open(path: &Path) -> Result<Source> {
+        let bytes = match Format::from_path(path)? {
+            Format::Safetensors => {
+                Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+            }
+            _ => None,
+        };
+        Ok(Source {
+            path: path.to_path_buf(),
+            bytes,
+        })
+    }
+
+    /// The floating-point tensor `name`, checked finite and non-empty.
+    fn read(&self, name: &str) -> Result<NamedTensor> {
+        if let Some(t) = self.bytes.as_deref().and_then(|b| decode_safetensor(b, name)) {
+            let checked = match &t.data {
+                AnyTensor::F32(a) => validate_tensor(&a.view(), &format!("tensor '{name}'")),
+                AnyTensor::F64(a) => validate_tensor(&a.view(), &format!("tensor '{name}'")),
+            };
+            checked.map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+            return Ok(t);
+        }
+        // Missing names, other dtypes and other formats: the reader's own messages.
+        Ok(formats::read_tensor(&self.path, Some(name))?)
+    }
+}
+
+/// Decodes the `F32`, `F64`, `F16` or `BF16` tensor `name` of safetensors bytes (`None` for
+/// anything else, left to [`formats::read_tensor`] to report).
+fn decode_safetensor(bytes: &[u8], name: &str) -> Option<NamedTensor> {
+    let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
+    let v = st.tensor(name).ok()?;
+    let d = v.data();
+    let shape = v.shape().to_vec();
+    let f32s = |x: Vec<f32>| ArrayD::from_shape_vec(IxDyn(&shape), x).ok();
+    let (dtype, data) = match v.dtype() {
+        Dtype::F32 => (
+            DType::F32,
+            AnyTensor::F32(f32s(
+                d.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )?),
+        ),
+        Dtype::F16 => (
+            DType::F16,
+            AnyTensor::F32(f32s(
+                d.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            )?),
+        ),
+        Dtype::BF16 => (
+            DType::BF16,
+            AnyTensor::F32(f32s(
+                d.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            )?),
+        ),
+        Dtype::F64 => (
+            DType::F64,
+            AnyTensor::F64(
+                ArrayD::from_shape_vec(
+                    IxDyn(&shape),
+                    d.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                        .collect(),
+                )
+                .ok()?,
+            ),
+        ),
+        _ => return None,
+    };
+    Some(NamedTensor {
+        name: name.to_string(),
+        dtype,
+        data,
+    })
 }
 
 fn as4<T: Real>(t: &AnyTensor, name: &str) -> Result<Array4<T>> {
@@ -194,15 +292,20 @@ fn as4<T: Real>(t: &AnyTensor, name: &str) -> Result<Array4<T>> {
 }
 
 /// Verifies one layer, in `f64` when the original kernel is `f64`, else in `f32`.
-fn verify_layer(args: &VerifyArgs, l: &LayerEntry, originals: &[TensorInfo]) -> Result<LayerResult> {
+fn verify_layer(
+    args: &VerifyArgs,
+    l: &LayerEntry,
+    originals: &[TensorInfo],
+    src: &Sources,
+) -> Result<LayerResult> {
     let t0 = Instant::now();
     let wname = format!("{}.weight", l.name);
-    let orig = read(&args.original, &wname)?;
-    let bias = check_bias(args, l, originals)?;
+    let orig = src.original.read(&wname)?;
+    let bias = check_bias(args, l, originals, src)?;
     let mut r = if orig.dtype == DType::F64 {
-        verify_typed::<f64>(args, l, &orig)?
+        verify_typed::<f64>(args, l, &orig, &src.factorized)?
     } else {
-        verify_typed::<f32>(args, l, &orig)?
+        verify_typed::<f32>(args, l, &orig, &src.factorized)?
     };
     r.bias = bias;
     r.seconds = t0.elapsed().as_secs_f64();
@@ -210,7 +313,12 @@ fn verify_layer(args: &VerifyArgs, l: &LayerEntry, originals: &[TensorInfo]) -> 
 }
 
 /// Verifies one layer in precision `T` (`bias` and `seconds` are filled in by the caller).
-fn verify_typed<T: Real>(args: &VerifyArgs, l: &LayerEntry, orig: &NamedTensor) -> Result<LayerResult> {
+fn verify_typed<T: Real>(
+    args: &VerifyArgs,
+    l: &LayerEntry,
+    orig: &NamedTensor,
+    factorized: &Source,
+) -> Result<LayerResult> {
     let wname = &orig.name;
     if orig.data.shape() != l.shape.as_slice() {
         bail!(
@@ -224,7 +332,7 @@ fn verify_typed<T: Real>(args: &VerifyArgs, l: &LayerEntry, orig: &NamedTensor) 
     let w: Array4<T> = as4(&orig.data, wname)?;
     let names: Vec<&str> = l.chain.iter().map(|c| c.weight.as_str()).collect();
     let [reduce, grouped, expand] = [0, 1, 2].map(|i| -> Result<Array4<T>> {
-        let t = read(&args.factorized, names[i])?;
+        let t = factorized.read(names[i])?;
         as4(&t.data, names[i])
     });
     let chain = LayerChain::new(reduce?, grouped?, expand?, l.chain[1].groups).with_context(|| {
@@ -303,7 +411,7 @@ fn verify_typed<T: Real>(args: &VerifyArgs, l: &LayerEntry, orig: &NamedTensor) 
 
 /// Whether the layer has a bias; when it has, the chain's last conv must carry the original's
 /// values unchanged (outputs are compared without biases: a bias adds the same to both).
-fn check_bias(args: &VerifyArgs, l: &LayerEntry, originals: &[TensorInfo]) -> Result<bool> {
+fn check_bias(args: &VerifyArgs, l: &LayerEntry, originals: &[TensorInfo], src: &Sources) -> Result<bool> {
     let bname = format!("{}.bias", l.name);
     let has_orig = originals.iter().any(|t| t.name == bname);
     let chain_bias = l.chain[2].bias.clone();
@@ -320,8 +428,8 @@ fn check_bias(args: &VerifyArgs, l: &LayerEntry, originals: &[TensorInfo]) -> Re
             args.original.display()
         ),
         (true, Some(b)) => {
-            let a = read(&args.original, &bname)?.data.to_real::<f64>();
-            let c = read(&args.factorized, &b)?.data.to_real::<f64>();
+            let a = src.original.read(&bname)?.data.to_real::<f64>();
+            let c = src.factorized.read(&b)?.data.to_real::<f64>();
             let max = if a.shape() == c.shape() {
                 a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
             } else {
