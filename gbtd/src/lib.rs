@@ -19,6 +19,7 @@
 pub mod btd;
 pub mod collective;
 pub mod compress;
+pub mod conv;
 pub mod cp;
 pub mod decomposition;
 pub mod display;

@@ -3,8 +3,10 @@
 //!
 //! Subcommands: `decompose` (factorize, report error and compression, optionally save the
 //! factors), `compress` (replace every conv kernel of a model by a factorized chain),
-//! `reconstruct` (rebuild the tensor from saved factors) and `info` (list a file's tensors).
-//! Errors print one line, `error: ...`, on standard error and exit with status 1 (2 for
+//! `verify` (run original convs and their factorized chains side by side), `collective` (shared
+//! factorization of several kernels), `reconstruct` (rebuild the tensor from saved factors) and
+//! `info` (list a file's tensors). Errors print one line, `error: ...`, on standard error and exit
+//! with status 1 (2 for
 //! command-line usage errors); nothing is written on failure.
 use std::process::ExitCode;
 
@@ -15,10 +17,13 @@ mod cli {
     pub mod args;
     pub mod blas_info;
     pub mod compress;
+    pub mod chain_file;
+    pub mod collective;
     pub mod decompose;
     pub mod info;
     pub mod reconstruct;
     pub mod report;
+    pub mod verify;
 }
 
 use cli::args::{Cli, Command};
@@ -31,6 +36,8 @@ fn blas_work(command: &Command) -> Option<bool> {
         Command::Compress(a) => Some(!a.quiet && !a.json),
         Command::Reconstruct(a) => Some(!a.quiet),
         Command::BlasInfo(_) => Some(false),
+        Command::Verify(a) => Some(!a.quiet && !a.json),
+        Command::Collective(a) => Some(!a.quiet && !a.json),
         Command::Info(_) => None,
     }
 }
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
         Command::Reconstruct(a) => cli::reconstruct::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::BlasInfo(a) => cli::blas_info::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+        Command::Collective(a) => cli::collective::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

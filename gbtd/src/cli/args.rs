@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -12,6 +13,8 @@ Examples:
   gbtd decompose model.safetensors --tensor layer1.0.conv2.weight --method btd --terms 8 --rank 8,8
   gbtd decompose x.npz --tensor x --method cp --rank 32 --max-iter 200 --tol 1e-10 --json
   gbtd reconstruct k.safetensors --out k_hat.npy
+  gbtd verify model.pth model_tucker2.safetensors --max-error 0.3
+  gbtd collective model.safetensors --tensors 'layer3\\..*conv2\\.weight' --terms 4 --rank 16,16
 
 Files: .npy (one array), .npz (--tensor NAME unless it holds one array), .safetensors (--tensor NAME
 unless it holds one tensor). Conv kernels use the PyTorch layout (out, in, kh, kw).
@@ -70,6 +73,49 @@ Examples:
   gbtd compress model.safetensors --method btd --terms 4 --rank-rule fixed:16,16 --layers 'layer[34]' \\
       --skip downsample --out small.safetensors --report report.csv
   gbtd compress model.pth --method cp --rank-rule ratio:4 --out cp.safetensors --json --quiet";
+const VERIFY_HELP: &str = "\
+For every layer listed in FACTORIZED's `gbtd.compress` metadata (written by `gbtd compress --out`
+or `gbtd collective --out`), the original kernel NAME.weight of ORIGINAL and the chain NAME.0/1/2
+of FACTORIZED run on the same seeded Gaussian input (BATCH x in x SIZE x SIZE, stride 1, padding
+(k-1)/2; biases are checked equal, not added). Reported per layer: the relative kernel error
+||W - W'||/||W|| (W' the chain's kernel), the relative output error ||y - y'||/||y||, and whether
+they agree. The chain is linear, so for Gaussian input the output error estimates the kernel error
+weighted by how often each tap falls inside the input (\"expected\"); they agree when they differ by
+less than six upper-bound standard deviations of that estimate (\"tol\", smaller for larger
+--input-size and --batch) plus rounding.
+
+Exit status 1 (one line naming the layer) when a layer's output error exceeds --max-error, or when
+a layer's output and kernel errors do not agree (the chain does not compute its kernel). Layers are
+computed in f64 when the original kernel is f64, otherwise in f32.
+
+Examples:
+  gbtd verify resnet50.pth resnet50_tucker2.safetensors
+  gbtd verify model.safetensors model_btd.safetensors --input-size 32 --batch 2 --max-error 0.2
+  gbtd verify model.pth compressed.safetensors --json --quiet";
+
+const COLLECTIVE_HELP: &str = "\
+Every 4-D tensor whose name matches --tensors (a regular expression searched anywhere in the
+name) is a kernel X_l (out_l, in, kh, kw); (in, kh, kw) must agree. Their concatenation along the
+output channels gets one block term decomposition with R terms of rank (d4*, d3*) (out, in): the
+kernels share each term's core G_r (d4* x d3* x kh x kw) and input factor A3_r (in x d3*), and
+kernel l has its own output-factor block A4_r^l (out_l x d4*) (the paper's collective
+factorization, Eq. 12).
+
+--rank D3,D4 lists the input rank d3* first and the output rank d4* second (the paper's order;
+note that `gbtd decompose --method btd --rank` lists out,in).
+
+Reported: each kernel's relative error, and the parameters of the collective factorization
+(sum over terms of core + shared A3 + every kernel's A4 block), of L independent BTDs with the same
+R and ranks, and of the original kernels. --out writes a checkpoint in the format of
+`gbtd compress --out`: MODEL's tensors with each kernel NAME.weight (and NAME.bias) replaced by
+NAME.0/1/2 (the shared tensors are stored once per kernel; the metadata's
+\"collective\": {\"shared\": [...]} lists which tensors are equal), so `gbtd verify` and the
+PyTorch loader of the README read it unchanged.
+
+Examples:
+  gbtd collective resnext50.safetensors --tensors 'layer3\\.[0-9]+\\.conv2\\.weight' --terms 8 --rank 16,16
+  gbtd collective model.pth --tensors 'conv2\\.weight$' --terms 4 --rank 8,8 --out shared.safetensors
+  gbtd collective model.safetensors --tensors '^layer1\\..*conv2\\.weight$' --terms 2 --rank 4,4 --max-iter 50 --json";
 
 const BLAS_INFO_EXAMPLES: &str = "\
 Examples:
@@ -110,6 +156,14 @@ pub enum Command {
         after_help = "Conv kernel: a 4-D floating-point tensor, read in PyTorch's layout (out, in, kh, kw);\n\"depthwise\" when in = 1 (a depthwise kernel, groups = out, or a layer with one input channel).\n\nExamples:\n  gbtd info resnet50.safetensors\n  gbtd info resnet50.pth --json"
     )]
     Info(InfoArgs),
+    /// Check a compressed checkpoint: run each original conv and its factorized chain on the same
+    /// random input and compare output errors with kernel errors.
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
+    /// Collective factorization of several conv kernels (shared cores and input factors, one
+    /// output-factor block per kernel); optionally write a compressed checkpoint.
+    #[command(after_help = COLLECTIVE_HELP)]
+    Collective(CollectiveArgs),
     /// Which OpenBLAS kernels and how many threads gbtd runs with, and why.
     #[command(hide = true, after_help = BLAS_INFO_EXAMPLES)]
     BlasInfo(BlasInfoArgs),
@@ -285,6 +339,70 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
+/// Arguments of `gbtd verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The original model (.safetensors, .npz or a PyTorch checkpoint).
+    pub original: PathBuf,
+    /// The compressed checkpoint (.safetensors written by `gbtd compress --out` or `gbtd collective --out`).
+    pub factorized: PathBuf,
+    /// Height and width of the random input.
+    #[arg(long, value_name = "SIZE", default_value_t = 56, value_parser = clap::value_parser!(u32).range(1..=4096).map(|v| v as usize))]
+    pub input_size: usize,
+    /// Images in the random input.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024).map(|v| v as usize))]
+    pub batch: usize,
+    /// Seed of the random input.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Fail (exit status 1) when a layer's relative output error exceeds E.
+    #[arg(long, value_name = "E", allow_negative_numbers = true)]
+    pub max_error: Option<f64>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (the result is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `gbtd collective`.
+#[derive(Debug, Args)]
+pub struct CollectiveArgs {
+    /// The model (.safetensors, .npz or a PyTorch checkpoint).
+    pub model: PathBuf,
+    /// Regular expression selecting the kernels by tensor name (searched, not anchored).
+    #[arg(long, value_name = "REGEX")]
+    pub tensors: String,
+    /// Number of block terms R (the groups of the shared k×k conv).
+    #[arg(long, value_name = "R")]
+    pub terms: usize,
+    /// Ranks d3*,d4*: input rank first, then output rank (the paper's order).
+    #[arg(long, value_name = "D3,D4", value_delimiter = ',')]
+    pub rank: Vec<usize>,
+    /// Write a compressed checkpoint (.safetensors, atomically).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub out: Option<PathBuf>,
+    /// Maximum number of ALS sweeps.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_iter: usize,
+    /// Stop when the relative error changes by less than T between sweeps (0: run all sweeps).
+    #[arg(long, value_name = "T", default_value_t = 1e-8, allow_negative_numbers = true)]
+    pub tol: f64,
+    /// Initialisation.
+    #[arg(long, value_enum, default_value_t = InitArg::Svd)]
+    pub init: InitArg,
+    /// Seed of the random initialisation.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (the result is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 /// Arguments of `gbtd blas-info`.
 #[derive(Debug, Args)]
 pub struct BlasInfoArgs {
@@ -327,6 +445,8 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
                 _ if is_sub("compress") => "gbtd compress --help",
                 _ if is_sub("reconstruct") => "gbtd reconstruct --help",
                 _ if is_sub("info") => "gbtd info --help",
+                _ if is_sub("verify") => "gbtd verify --help",
+                _ if is_sub("collective") => "gbtd collective --help",
                 _ => "gbtd --help",
             };
             eprintln!("{line} (see `{help}`)");
