@@ -10,17 +10,19 @@
 //!    a calibration batch, so that eval mode neither explodes nor washes the input out) and scales
 //!    the fc so that the input-dependent part of the logits has unit spread; it writes the weights
 //!    (`netgen.safetensors`), `spec.json`, an input and its eval-mode logits, then one
-//!    training-mode step's input, logits and updated running statistics (`netgen_io.safetensors`);
+//!    training-mode step's input, logits, updated running statistics and the gradients of
+//!    `sum(probe · logits)` for a random probe (`netgen_io.safetensors`);
 //! 2. Python builds `netgen_torch.from_spec(spec.json)`, loads the weights strictly (every name and
-//!    shape), and measures the eval logits, the train-mode logits and the updated running
-//!    statistics against netgen's; it checks that the tensors of each CRU share group are one
-//!    `nn.Parameter` object in every unit of the group (`is`) and distinct between groups, and that
-//!    no parameter is registered twice; then it draws its own random weights the same way and
+//!    shape), and measures the eval logits, the train-mode logits, the updated running statistics
+//!    and the gradients (a shared tensor's sums all its uses) against netgen's; it checks that
+//!    the tensors of each CRU share group are one `nn.Parameter` object in every unit of the group
+//!    (`is`) and distinct between groups, and that no parameter is registered twice; then it draws its own random weights the same way and
 //!    writes them (`netgen_torch.save_safetensors`) with an input and its eval logits;
 //! 3. netgen loads PyTorch's file strictly and must reproduce PyTorch's logits.
 //!
-//! Logit differences must stay below 1e-4, running statistics within 1e-4 relative, and both sides
-//! must count the same number of parameters (shared tensors once) as netgen's analytic count.
+//! Logit differences must stay below 1e-4, running statistics within 1e-4 relative (gradients
+//! within 1e-4 of each tensor's largest entry), and both sides must count the same number of
+//! parameters (shared tensors once) as netgen's analytic count.
 //! ImageNet presets run at 64×64 (every stride acts; the names and shapes do not depend on the
 //! input size), one at a time to bound the disk space of their weight files.
 
@@ -40,7 +42,7 @@ use tch::{Device, Kind, Tensor};
 /// Python side of one case. Arguments: the checkout's `python/` directory (put first on
 /// `sys.path`, so the package under test is this checkout's, not an installed copy) and the case
 /// directory. Prints one line:
-/// `eval_diff train_diff stats_rel_diff params shared_tensors torch_params`.
+/// `eval_diff train_diff stats_rel_diff grad_rel_diff params shared_tensors torch_params`.
 const PARITY: &str = r#"
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -92,8 +94,19 @@ for si, st in enumerate(m.stages()):
 with torch.no_grad():
     m.eval()
     eval_diff = (m(io["x"]) - io["logits"]).abs().max().item()
-    m.train()
-    train_diff = (m(io["x_train"]) - io["logits_train"]).abs().max().item()
+# One training step's forward and backward: the gradient of sum(probe * logits) reaches every
+# parameter; a shared tensor's gradient sums all of its uses, on both sides.
+m.train()
+y = m(io["x_train"])
+(y * io["probe"]).sum().backward()
+grads = 0.0
+for k, p in m.named_parameters():
+    want = io["grad." + k]
+    assert p.grad is not None, f"{k} got no gradient"
+    grads = max(grads, ((p.grad - want).abs().max() / want.abs().max().clamp(min=1e-6)).item())
+assert len(named) == sum(1 for k in io if k.startswith("grad.")), len(named)
+with torch.no_grad():
+    train_diff = (y - io["logits_train"]).abs().max().item()
     stats = 0.0
     n_stats = 0
     for k, v in m.state_dict().items():
@@ -128,7 +141,7 @@ with torch.no_grad():
 nt.save_safetensors(m2, os.path.join(case, "torch.safetensors"))
 save_file({"x": x, "logits": y}, os.path.join(case, "torch_io.safetensors"))
 os.remove(os.path.join(case, "netgen.safetensors"))
-print(f"{eval_diff:e} {train_diff:e} {stats:e} {params} {shared} {nt.count_parameters(m2)}")
+print(f"{eval_diff:e} {train_diff:e} {stats:e} {grads:e} {params} {shared} {nt.count_parameters(m2)}")
 "#;
 
 /// Path of the checkout's `python/` directory.
@@ -176,6 +189,7 @@ struct Outcome {
     eval_diff: f64,
     train_diff: f64,
     stats_diff: f64,
+    grad_diff: f64,
     reverse_diff: f64,
 }
 
@@ -220,16 +234,24 @@ fn run_case(test: &str, root: &Path, label: &str, spec: &NetSpec, seed: i64) -> 
     );
     // One training-mode step: batch statistics, running statistics updated with momentum 0.1.
     let x_train = Tensor::randn([2, c, n, n], opts);
-    let logits_train = tch::no_grad(|| net.forward_t(&x_train, true));
+    let logits_train = net.forward_t(&x_train, true);
+    let probe = Tensor::randn(logits_train.size(), opts);
+    (&logits_train * &probe).sum(Kind::Float).backward();
+    let logits_train = logits_train.detach();
     let mut io = vec![
         ("x".to_string(), x),
         ("logits".to_string(), logits),
         ("x_train".to_string(), x_train),
         ("logits_train".to_string(), logits_train),
+        ("probe".to_string(), probe),
     ];
     for (name, t) in vs.variables() {
         if name.ends_with("running_mean") || name.ends_with("running_var") {
             io.push((format!("stats.{name}"), t));
+        } else {
+            let g = t.grad();
+            assert!(g.defined(), "{label}: {name} got no gradient");
+            io.push((format!("grad.{name}"), g));
         }
     }
     save_tensors(&dir.join("netgen_io.safetensors"), &io, HashMap::new()).expect("save io");
@@ -244,7 +266,16 @@ fn run_case(test: &str, root: &Path, label: &str, spec: &NetSpec, seed: i64) -> 
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let report = peers::run(test, PARITY, &args)?;
     let fields: Vec<&str> = report.split_whitespace().collect();
-    let [eval_diff, train_diff, stats_diff, params, shared, torch_params] = fields[..] else {
+    let [
+        eval_diff,
+        train_diff,
+        stats_diff,
+        grad_diff,
+        params,
+        shared,
+        torch_params,
+    ] = fields[..]
+    else {
         panic!("{label}: unexpected python output {report:?}")
     };
     let f = |s: &str| s.parse::<f64>().unwrap_or_else(|e| panic!("{label}: {s:?}: {e}"));
@@ -302,6 +333,7 @@ fn run_case(test: &str, root: &Path, label: &str, spec: &NetSpec, seed: i64) -> 
         eval_diff: f(eval_diff),
         train_diff: f(train_diff),
         stats_diff: f(stats_diff),
+        grad_diff: f(grad_diff),
         reverse_diff,
     };
     eprintln!("{label}: {ours} params, {out:?}");
@@ -319,6 +351,11 @@ fn run_case(test: &str, root: &Path, label: &str, spec: &NetSpec, seed: i64) -> 
         out.stats_diff < 1e-4,
         "{label}: running statistics differ by {} (relative)",
         out.stats_diff
+    );
+    assert!(
+        out.grad_diff < 1e-4,
+        "{label}: gradients differ by {} (relative to each tensor's largest)",
+        out.grad_diff
     );
     assert!(
         out.reverse_diff < 1e-4,
