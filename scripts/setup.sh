@@ -47,8 +47,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 
 # --- 2b. the repository's own Python package netgen_torch (python/), editable --------------------
-# Pure Python on top of the pinned torch: no download (--no-deps, and the venv's own setuptools
-# builds it: --no-build-isolation). Reinstalled when python/pyproject.toml or the checkout's
+# Pure Python on top of the pinned torch: no download (--no-deps, and the venv's own setuptools,
+# >= 77 as a dependency of torch, builds it: --no-build-isolation). Reinstalled when python/pyproject.toml or the checkout's
 # location changes; code edits need no reinstall (editable). A .venv that is a symlink belongs to
 # another checkout and is not re-pointed at this one (tests import this checkout's python/ first).
 pkg_stamp=.venv/.netgen_torch.stamp
