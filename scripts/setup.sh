@@ -46,6 +46,27 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# --- 2b. the repository's own Python package netgen_torch (python/), editable --------------------
+# Pure Python on top of the pinned torch: no download (--no-deps, and the venv's own setuptools
+# builds it: --no-build-isolation). Reinstalled when python/pyproject.toml or the checkout's
+# location changes; code edits need no reinstall (editable). A .venv that is a symlink belongs to
+# another checkout and is not re-pointed at this one (tests import this checkout's python/ first).
+pkg_stamp=.venv/.netgen_torch.stamp
+pkg_want="$ROOT $(sha256sum python/pyproject.toml | cut -d' ' -f1)"
+if [ -L .venv ]; then
+  log "netgen_torch: .venv is shared with another checkout; not re-pointing its install (use PYTHONPATH=$ROOT/python)"
+elif [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ] \
+  || ! .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("netgen_torch") is None)' 2>/dev/null; then
+  log "installing netgen_torch (editable, from python/)"
+  # pip's output (setuptools' generic editable-install warning) is shown only when it fails.
+  if ! out=$(.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e python/ 2>&1); then
+    echo "$out" >&2
+    echo "setup: installing netgen_torch from python/ failed (see above)" >&2
+    exit 1
+  fi
+  echo "$pkg_want" > "$pkg_stamp"
+fi
+
 # --- 3. stable libtorch path -----------------------------------------------------------------
 torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
 if [ "$(readlink .venv/torch 2>/dev/null)" != "$torch_dir" ]; then
