@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Data, DataError, open_data
-from .rundir import RunError, load_tensors, read_json, read_metadata, read_spec
+from .rundir import RunError, check_run_dir, load_tensors, read_json, read_metadata, read_spec
 
 
 @dataclass
@@ -127,6 +127,7 @@ def run(a) -> int:
     if a.run is not None:
         if a.spec is not None:
             raise RunError("--run and --spec exclude each other (a run directory has its spec.json)")
+        check_run_dir(a.run)
         spec = read_spec(a.run / "spec.json")
         cfg = read_json(a.run / "config.json")
         weights = a.weights or a.run / ("last.safetensors" if a.last else "best.safetensors")

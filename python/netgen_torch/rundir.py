@@ -203,6 +203,14 @@ def read_spec(path: Path) -> dict:
     return d
 
 
+def check_run_dir(d: Path) -> None:
+    """``d`` holds a run's ``spec.json`` and ``config.json``."""
+    for f in ("spec.json", "config.json"):
+        if not (Path(d) / f).is_file():
+            raise RunError(f"{d} is not a netgen run directory (no {f}); give the --out of a netgen train or "
+                           "netgen_torch.train run")
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())

@@ -46,7 +46,7 @@ from .data import DataError, EpochBatches, default_workers, open_data, prefetch
 from .eval import EvalResult, build_model, evaluate, load_weights, resolve_device
 from .recipe import PlateauState, Recipe, RecipeError, clip_grad, make_optimizer, parse_schedule, set_lr, \
     weighted_depth
-from .rundir import LoopState, Row, RunError, check_fresh, draw_curves, load_tensors, read_json, \
+from .rundir import LoopState, Row, RunError, check_fresh, check_run_dir, draw_curves, load_tensors, read_json, \
     read_metadata, read_metrics, read_spec, save_tensors, write_json, write_metrics
 
 PROG = "netgen_torch"
@@ -167,6 +167,7 @@ def plan_resume(a) -> tuple[dict, dict, Path]:
                        "--epochs, --max-steps, --stop-after-steps, --device, --threads, --workers, --sync-bn, "
                        "--frozen-bn, --quiet and --json are accepted")
     d = a.resume
+    check_run_dir(d)
     spec, cfg = read_spec(d / "spec.json"), read_json(d / "config.json")
     if a.epochs is not None:
         if cfg.get("epochs") is not None and a.epochs < cfg["epochs"]:
