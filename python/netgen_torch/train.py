@@ -66,7 +66,7 @@ def _bool(s: str) -> bool:
 
 def parse(argv):
     p = argparse.ArgumentParser(
-        prog="torchrun [--nproc_per_node=N] -m netgen_torch.train",
+        prog="netgen_torch.train",
         description="Train a netgen spec with PyTorch DDP into a netgen run directory (same flags, recipe and "
                     "files as netgen train).",
         epilog="examples:" + __doc__.split("Examples::", 1)[1],
@@ -557,7 +557,10 @@ def main(argv=None) -> int:
     d = None
     rank = int(os.environ.get("RANK", "0"))
     try:
-        d = Dist(a.device or "auto")
+        device = a.device
+        if device is None and a.resume is not None and (a.resume / "config.json").is_file():
+            device = read_json(a.resume / "config.json").get("device")  # the run's own, as netgen does
+        d = Dist(device or "auto")
         t = Trainer(a, d)
         s = t.run()
         if d.rank == 0:
