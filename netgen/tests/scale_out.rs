@@ -7,7 +7,9 @@
 //!   version): weights and momentum within 1e-5. The one-process run in turn matches a plain
 //!   PyTorch loop (hand-written learning-rate formula, two SGD parameter groups) within 1e-5, and
 //!   per-process BN statistics (no `--frozen-bn`) do differ, so the comparison can fail.
-//! * Round trip: `netgen train` stops after a few steps → `torchrun … --resume` continues it →
+//! * A run stopped and resumed ends with the uninterrupted run's weights (bit for bit).
+//! * Round trip: `netgen train` stops after a few steps → `torchrun … --resume` continues it (and
+//!   matches the plain loop started from netgen's weights and momentum buffers) →
 //!   `netgen eval --run` and `python -m netgen_torch.eval --run` give the same test loss; and the
 //!   other way: a torchrun run stopped early is resumed by `netgen train --resume`.
 //!
@@ -127,40 +129,50 @@ fn max_diff(a: &Path, b: &Path) -> f64 {
     out.trim().parse().expect("a number")
 }
 
-/// The reference loop: `from_spec` with the same seed, the same batches (the data order is the
-/// data module's), then SGD written out here: base rate 0.1 · B / 128, warm-up over ⌈3% · T⌉ steps
-/// then half-cosine, Nesterov momentum 0.9, weight decay 5e-4 on ≥ 2-D tensors only, BN frozen.
+/// The reference loop: `from_spec` with the same seed, or the weights and momentum buffers of a
+/// checkpoint (`momentum.<name>`, as netgen writes them) when `start > 0`; the same batches (the
+/// data order is the data module's); then SGD written out here: base rate 0.1 · B / 128, warm-up
+/// over ⌈3% · T⌉ steps then half-cosine, Nesterov momentum 0.9, weight decay 5e-4 on ≥ 2-D tensors
+/// only, BN frozen. Arguments: spec out total batch seed start [weights state [zero-momentum]].
 const REFERENCE: &str = r#"
-import math, sys, torch, torch.nn.functional as F
-from safetensors.torch import save_file
+import json, math, sys, torch, torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from netgen_torch import from_spec
 from netgen_torch.data import open_data, EpochBatches
-spec_path, out, steps, batch, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+spec_path, out = sys.argv[1], sys.argv[2]
+total, batch, seed, start = map(int, sys.argv[3:7])
 torch.set_num_threads(1)
-import json
 spec = json.load(open(spec_path))["spec"]
 torch.manual_seed(seed)
 m = from_spec(spec)
+named = {n: p for n, p in m.state_dict(keep_vars=True).items() if isinstance(p, torch.nn.Parameter)}
+bufs = {n: None for n in named}
+if start > 0:
+    m.load_state_dict(load_file(sys.argv[7]))
+    state = load_file(sys.argv[8])
+    assert int(state["meta.step"][0]) == start
+    bufs = {n: state["momentum." + n].clone() for n in named}
+    if len(sys.argv) > 9:
+        bufs = {n: torch.zeros_like(b) for n, b in bufs.items()}
 data = open_data("fashion-mnist", input_size=28, augment=True)
-params = {id(p): p for p in m.parameters()}.values()
-bufs = {id(p): None for p in params}
-lr0, w = 0.1 * batch / 128, math.ceil(0.03 * steps)
+lr0, w = 0.1 * batch / 128, math.ceil(0.03 * total)
 m.train()
 for mod in m.modules():
     if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
         mod.eval()
-it = iter(EpochBatches(data, 0, seed, batch, 1, 0))
-for t in range(steps):
-    lr = lr0 * (t + 1) / w if t < w else lr0 * 0.5 * (1 + math.cos(math.pi * (t - w) / max(steps - w, 1)))
+assert total <= data.info.train_len // batch
+it = iter(EpochBatches(data, 0, seed, batch, 1, 0, start))
+for t in range(start, total):
+    lr = lr0 * (t + 1) / w if t < w else lr0 * 0.5 * (1 + math.cos(math.pi * (t - w) / max(total - w, 1)))
     x, y = next(it)
-    for p in params:
+    for p in named.values():
         p.grad = None
     F.cross_entropy(m(x), y).backward()
     with torch.no_grad():
-        for p in params:
+        for n, p in named.items():
             g = p.grad + (5e-4 * p if p.dim() >= 2 else 0)
-            b = g.clone() if bufs[id(p)] is None else 0.9 * bufs[id(p)] + g
-            bufs[id(p)] = b
+            b = g.clone() if bufs[n] is None else 0.9 * bufs[n] + g
+            bufs[n] = b
             p -= lr * (g + 0.9 * b)
 save_file({k: v.contiguous() for k, v in m.state_dict().items()}, out)
 "#;
@@ -242,10 +254,38 @@ fn torchrun_two_gloo_processes_equal_one_process_and_a_plain_loop() {
             "4",
             "32",
             "3",
+            "0",
         ]),
     );
     let d = max_diff(&one.join("last.safetensors"), &reference);
     assert!(d < 1e-5, "trainer vs the plain loop: {d}");
+    // Stopped after 2 steps and resumed: the uninterrupted run's weights, exactly.
+    let half = run("half");
+    let mut a = args(&half, true);
+    a.extend(["--stop-after-steps".to_string(), "2".to_string()]);
+    let mut v = vec!["-m", "netgen_torch.train"];
+    v.extend(refs(&a));
+    ok("one process, stopped", &python(&v));
+    let half_s = half.to_str().unwrap();
+    ok(
+        "one process, resumed",
+        &python(&[
+            "-m",
+            "netgen_torch.train",
+            "--resume",
+            half_s,
+            "--threads",
+            "1",
+            "--workers",
+            "0",
+            "--frozen-bn",
+            "--quiet",
+        ]),
+    );
+    assert_eq!(
+        max_diff(&one.join("last.safetensors"), &half.join("last.safetensors")),
+        0.0
+    );
 }
 
 /// `netgen eval --run DIR --json` and `python -m netgen_torch.eval --run DIR --json`: (loss, top-1, samples).
@@ -318,13 +358,70 @@ fn netgen_and_torchrun_resume_each_other_and_evaluate_each_others_runs() {
         ]),
     );
     assert_eq!(state_step(&a), 3);
+    let (w3, s3) = (
+        dir.path().join("w3.safetensors"),
+        dir.path().join("s3.safetensors"),
+    );
+    std::fs::copy(a.join("last.safetensors"), &w3).expect("copy");
+    std::fs::copy(a.join("state.safetensors"), &s3).expect("copy");
     ok(
         "torchrun --resume (netgen's run)",
         &torchrun(
             2,
-            &["--resume", a_s, "--threads", "1", "--workers", "0", "--quiet"],
+            &[
+                "--resume",
+                a_s,
+                "--threads",
+                "1",
+                "--workers",
+                "0",
+                "--frozen-bn",
+                "--quiet",
+            ],
         ),
     );
+    // Steps 4–6 from netgen's weights and momentum buffers, by the plain loop: the same weights; with
+    // the buffers zeroed instead, other weights (so netgen's momentum was read and used).
+    let (r, r0) = (
+        dir.path().join("r.safetensors"),
+        dir.path().join("r0.safetensors"),
+    );
+    let (w3s, s3s) = (w3.to_str().unwrap(), s3.to_str().unwrap());
+    ok(
+        "reference from netgen's step 3",
+        &python(&[
+            "-c",
+            REFERENCE,
+            spec_s,
+            r.to_str().unwrap(),
+            "6",
+            "16",
+            "0",
+            "3",
+            w3s,
+            s3s,
+        ]),
+    );
+    ok(
+        "reference from netgen's step 3 without momentum",
+        &python(&[
+            "-c",
+            REFERENCE,
+            spec_s,
+            r0.to_str().unwrap(),
+            "6",
+            "16",
+            "0",
+            "3",
+            w3s,
+            s3s,
+            "zero",
+        ]),
+    );
+    let d = max_diff(&a.join("last.safetensors"), &r);
+    assert!(d < 1e-5, "torchrun resuming netgen's run vs the plain loop: {d}");
+    let d0 = max_diff(&a.join("last.safetensors"), &r0);
+    assert!(d0 > 1e-5, "netgen's momentum buffers should matter, got {d0}");
     assert_eq!(state_step(&a), 6);
     let rows = std::fs::read_to_string(a.join("metrics.csv")).expect("metrics");
     let last = rows.lines().last().expect("a row");

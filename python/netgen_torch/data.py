@@ -99,8 +99,12 @@ def _find_idx(d: Path, stem: str) -> Path:
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX file of unsigned bytes (magic ``0x0000 08 ndim``, big-endian dimensions)."""
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except OSError as e:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     if len(raw) < 4 + 4 * ndim or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
         raise DataError(f"{path}: not an IDX file of {ndim}-dimensional unsigned bytes (wrong magic)")
