@@ -8,9 +8,9 @@
 //! 1. netgen builds its tch network (seeded), draws random BN γ and β, sets every BN's running
 //!    statistics to the statistics of its actual input (one training-mode pass with momentum 1 on
 //!    a calibration batch, so that eval mode neither explodes nor washes the input out) and scales
-//!    the fc to logits of unit spread; it writes the weights (`netgen.safetensors`), `spec.json`, an
-//!    input and its eval-mode logits, then one training-mode step's input, logits and updated
-//!    running statistics (`netgen_io.safetensors`);
+//!    the fc so that the input-dependent part of the logits has unit spread; it writes the weights
+//!    (`netgen.safetensors`), `spec.json`, an input and its eval-mode logits, then one
+//!    training-mode step's input, logits and updated running statistics (`netgen_io.safetensors`);
 //! 2. Python builds `netgen_torch.from_spec(spec.json)`, loads the weights strictly (every name and
 //!    shape), and measures the eval logits, the train-mode logits and the updated running
 //!    statistics against netgen's; it checks that the tensors of each CRU share group are one
@@ -120,8 +120,8 @@ with torch.no_grad():
     for b in bns:
         b.momentum = 0.1
     m2.eval()
-    z = m2(xcal) - m2.fc.bias
-    m2.fc.weight.div_(z.std())
+    z = m2(xcal)
+    m2.fc.weight.div_((z - z.mean(0, keepdim=True)).std())
     m2.fc.bias.copy_(torch.randn(m2.fc.bias.shape, generator=g) * 0.1)
     x = torch.randn(2, c, n, n, generator=g)
     y = m2(x)
@@ -201,7 +201,9 @@ fn run_case(test: &str, root: &Path, label: &str, spec: &NetSpec, seed: i64) -> 
         for bn in bns(&mut net) {
             bn.momentum = 0.1;
         }
-        let z = net.forward_t(&xcal, false) - &net.fc.bias;
+        // The input-dependent part of the logits gets unit spread.
+        let z = net.forward_t(&xcal, false);
+        let z = &z - z.mean_dim([0i64].as_slice(), true, Kind::Float);
         set(&net.fc.weight, &(&net.fc.weight / z.std(true)));
         set(&net.fc.bias, &(Tensor::randn(net.fc.bias.size(), opts) * 0.1));
     });
@@ -217,7 +219,7 @@ fn run_case(test: &str, root: &Path, label: &str, spec: &NetSpec, seed: i64) -> 
         "{label}: netgen's logits barely depend on the input (spread {spread})"
     );
     // One training-mode step: batch statistics, running statistics updated with momentum 0.1.
-    let x_train = Tensor::randn([4, c, n, n], opts);
+    let x_train = Tensor::randn([2, c, n, n], opts);
     let logits_train = tch::no_grad(|| net.forward_t(&x_train, true));
     let mut io = vec![
         ("x".to_string(), x),
@@ -437,6 +439,7 @@ refused("{not json", "cannot parse spec JSON")
 # `netgen emit --json` wraps the spec; both forms and JSON text build the same names.
 a = nt.from_spec({"spec": spec, "params": 1}).state_dict().keys()
 assert list(a) == list(nt.from_spec(json.dumps(spec)).state_dict().keys())
+assert list(a) == list(nt.from_spec(d).state_dict().keys())  # a run directory: its spec.json
 
 w = os.path.join(d, "netgen.safetensors")
 m = nt.from_spec(os.path.join(d, "spec.json"))

@@ -40,10 +40,10 @@ state-dict machinery:
 - the first CRU unit's ``conv_proj`` is one :class:`SharedConv` of that unit, applied twice (stride
   1 for the branch, the stage stride for the shortcut).
 
-BatchNorm is PyTorch's ``BatchNorm2d`` (momentum 0.1, ε = 1e-5, as netgen's) without the
-``num_batches_tracked`` counter, which netgen does not keep (it only matters for momentum = None);
-a state dict that has one (PyTorch's own) still loads. ``SyncBatchNorm.convert_sync_batchnorm``
-converts these layers like any other BN.
+BatchNorm is PyTorch's ``BatchNorm2d`` (momentum 0.1, ε = 1e-5, as netgen's) whose
+``num_batches_tracked`` counter, which netgen does not keep (it only matters for momentum None), is
+left out of the state dict; a state dict that has one (PyTorch's own) still loads.
+``SyncBatchNorm.convert_sync_batchnorm`` converts these layers like any other BN.
 
 Initialisation follows netgen's (torchvision's): convs Kaiming-normal (fan-out, ReLU gain), BN
 γ = 1, β = 0, fc weight and bias uniform in ±1/√in.
@@ -74,16 +74,17 @@ __all__ = [
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` (momentum 0.1, ε = 1e-5) without ``num_batches_tracked``.
+    """``nn.BatchNorm2d`` (momentum 0.1, ε = 1e-5) whose ``num_batches_tracked`` is not saved.
 
     State-dict entries: ``weight`` (γ), ``bias`` (β), ``running_mean``, ``running_var`` — exactly
-    netgen's. A ``num_batches_tracked`` entry in a loaded state dict is accepted and ignored.
+    netgen's. The step counter still exists (non-persistent: PyTorch's BN code and
+    ``SyncBatchNorm.convert_sync_batchnorm`` expect it) but only matters for momentum None; a
+    ``num_batches_tracked`` entry in a loaded state dict is accepted and ignored.
     """
 
     def __init__(self, num_features: int) -> None:
         super().__init__(num_features, eps=1e-5, momentum=0.1)
-        # A None buffer is neither saved nor expected; forward() skips the counter update.
-        self.register_buffer("num_batches_tracked", None)
+        self.register_buffer("num_batches_tracked", self.num_batches_tracked, persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -351,9 +352,10 @@ def from_spec(spec: Any) -> NetgenNet:
     """Builds the PyTorch network of a netgen spec.
 
     ``spec``: a dict, a JSON string, or the path of a ``netgen emit --json`` output, a run's
-    ``spec.json`` or a TOML spec. The state-dict names and shapes are netgen's, so
-    :func:`netgen_torch.load_safetensors` loads netgen's weights strictly (and netgen loads
-    :func:`netgen_torch.save_safetensors`'s). Raises :class:`netgen_torch.SpecError` on a bad spec.
+    ``spec.json`` (or the run directory itself) or a TOML spec. The state-dict names and shapes
+    are netgen's, so :func:`netgen_torch.load_safetensors` loads netgen's weights strictly (and
+    netgen loads :func:`netgen_torch.save_safetensors`'s). Raises :class:`netgen_torch.SpecError`
+    on a bad spec.
     """
     return NetgenNet(load_spec(spec))
 

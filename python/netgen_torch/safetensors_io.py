@@ -20,7 +20,8 @@ from torch import nn
 
 __all__ = ["LoadReport", "WeightsError", "load_safetensors", "save_safetensors", "read_metadata"]
 
-#: PyTorch's BN step counter, which netgen's BN does not keep; skipped when the model has none.
+#: PyTorch's BN step counter, which netgen's BN does not keep: skipped in files, optional in models,
+#: never saved.
 _SKIPPED_SUFFIX = "num_batches_tracked"
 
 
@@ -40,11 +41,16 @@ class LoadReport:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The wrapped module of ``DistributedDataParallel`` / ``DataParallel`` (their state-dict
-    names carry a ``module.`` prefix that netgen's do not)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
+    """The wrapped module of ``DistributedDataParallel`` / ``DataParallel`` and of
+    ``torch.compile`` (their state-dict names carry a ``module.`` / ``_orig_mod.`` prefix that
+    netgen's do not)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _short(names: list[str]) -> str:
@@ -71,7 +77,9 @@ def load_safetensors(model: nn.Module, path: str | os.PathLike, strict: bool = T
     skipped = sorted(n for n in src if n.endswith(_SKIPPED_SUFFIX) and n not in state)
     for n in skipped:
         del src[n]
-    missing = sorted(set(state) - set(src))
+    # A model whose BNs keep a saved counter (e.g. after SyncBatchNorm conversion) does not need
+    # it from netgen's files.
+    missing = sorted(n for n in set(state) - set(src) if not n.endswith(_SKIPPED_SUFFIX))
     unexpected = sorted(set(src) - set(state))
     mismatched = sorted(
         f"{n}: file {list(src[n].shape)}, network {list(t.shape)}"
@@ -99,7 +107,9 @@ def load_safetensors(model: nn.Module, path: str | os.PathLike, strict: bool = T
 
 def save_safetensors(model: nn.Module, path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> None:
-    """Writes ``model``'s state dict (netgen's names; each shared tensor once) to ``path``.
+    """Writes ``model``'s state dict (netgen's names; each shared tensor once) to ``path``,
+    without BN ``num_batches_tracked`` counters (a converted ``SyncBatchNorm`` saves one), which
+    netgen's networks do not have.
 
     Atomic: the bytes go to a temporary file in the same directory, which is synced and renamed
     over ``path``; on any error ``path`` is left as it was and the temporary file removed.
@@ -107,7 +117,11 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike,
     """
     model = _unwrap(model)
     path = os.fspath(path)
-    tensors = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
+    tensors = {
+        n: t.detach().to("cpu").contiguous()
+        for n, t in model.state_dict().items()
+        if not n.endswith(_SKIPPED_SUFFIX)
+    }
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=".safetensors", dir=d)
     os.close(fd)

@@ -87,6 +87,9 @@ def _read_source(spec: Any) -> dict:
                 raise SpecError(f"cannot parse spec JSON text: {e}") from None
         else:
             path = text_or_path
+            # A run directory: its spec.json.
+            if os.path.isdir(path):
+                path = os.path.join(path, "spec.json")
             try:
                 with open(path, "rb") as f:
                     raw = f.read()
@@ -269,7 +272,8 @@ def _validate(spec: dict) -> None:
 
 
 def load_spec(spec: Any) -> dict:
-    """Reads, type-checks and validates a spec (dict, JSON text, or path; see the module docs).
+    """Reads, type-checks and validates a spec (dict, JSON text, a path, or a run directory,
+    whose ``spec.json`` is read; see the module docs).
 
     Returns a plain dict with every field of netgen's ``NetSpec``. Raises :class:`SpecError`
     with a one-line message on bad input.
