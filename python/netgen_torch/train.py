@@ -440,6 +440,9 @@ class Trainer:
         last_eval: EvalResult | None = None
         imgs, train_s, lr = 0, 0.0, 0.0
         ls = self.recipe.label_smoothing
+        # A progress line on a terminal (rank 0, not --quiet), at most twice a second.
+        self.tty = not self.quiet and sys.stderr.isatty()
+        t_shown = 0.0
         self.train_mode()
         while self.st.step < self.st.total_steps:
             epoch, skip = divmod(self.st.step, self.per_epoch)
@@ -482,8 +485,16 @@ class Trainer:
                 train_s += now - t_last
                 imgs += n * W
                 t_last = now
+                if self.tty and now - t_shown > 0.5:
+                    t_shown = now
+                    print(f"\repoch {epoch + 1}/{math.ceil(self.st.total_steps / self.per_epoch)} step "
+                          f"{self.st.step}/{self.st.total_steps}: loss {win[0] / win[2]:.4f} acc "
+                          f"{100 * win[1] / win[2]:.1f}% {win[2] * W / max(win[3], 1e-9):.0f} img/s ",
+                          end="", file=sys.stderr, flush=True)
                 if self.a.stop_after_steps == self.st.step and self.st.step < self.st.total_steps:
                     return self.stop("stopped", last_eval, imgs, train_s)
+            if self.tty:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
             if self.st.step % self.per_epoch == 0 or self.st.step >= self.st.total_steps:
                 last_eval = evaluate(self.model, self.data, self.cfg["eval_batch_size"], self.cfg.get("eval_samples"),
                                      d.device, d.rank, W, self.amp, self.cl)
@@ -518,6 +529,8 @@ class Trainer:
                  f"top-1 {ev.top1:.2f}% top-5 {ev.top5:.2f}%, {row.img_per_s:.0f} img/s, {row.seconds:.0f} s")
 
     def stop(self, outcome, last_eval, imgs, secs) -> dict:
+        if self.tty:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
         self.save_checkpoint()
         return self.summary(outcome, last_eval, imgs, secs)
 
