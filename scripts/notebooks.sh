@@ -45,8 +45,8 @@ else
   CRUNET_BIN_DIR="$ROOT/target/release"
 fi
 export CRUNET_BIN_DIR CRUNET_ROOT="$ROOT" NOTEBOOK_QUICK=$quick
-# Plots render to PNG without a display.
-export MPLBACKEND=Agg
+# ipykernel's inline matplotlib backend embeds the plots as PNG; a display is not needed.
+unset MPLBACKEND
 
 out_args=(--inplace)
 if [ $quick -eq 1 ]; then
