@@ -96,8 +96,12 @@ for s in $(seq 0 $((seeds - 1))); do
     echo "[$i/$total] $name: netgen train ${NET[$n]} --seed $s ${LENGTH[*]}" >&2
     rm -rf "$out/runs/$name"
     # shellcheck disable=SC2086  # NET entries are flag lists
-    "$NETGEN" train ${NET[$n]} "${COMMON[@]}" "${LENGTH[@]}" "${EXTRA[@]}" --seed "$s" \
-      --out "$out/runs/$name" > "$json.tmp"
+    if ! "$NETGEN" train ${NET[$n]} "${COMMON[@]}" "${LENGTH[@]}" "${EXTRA[@]}" --seed "$s" \
+        --out "$out/runs/$name" > "$json.tmp"; then
+      rm -f "$json.tmp"
+      echo "reproduce_small.sh: $name failed (netgen's error is above); the same command continues the sweep" >&2
+      exit 1
+    fi
     mv "$json.tmp" "$json"
   done
 done
