@@ -77,11 +77,18 @@ def ordering_text(summary):
         d = by[a]["top1_mean"] - by[b]["top1_mean"]
         spread = max(by[a]["top1_std"], by[b]["top1_std"])
         verdict = "holds" if d >= 0 else "does not hold"
+        if spread != spread:  # NaN: a network has one seed, so there is no spread to compare with
+            lines.append(f"- {LABEL[a]} − {LABEL[b]}: {d:+.2f} points (one seed: no spread); the claimed order "
+                         f"{verdict} in this run.")
+            continue
         lines.append(f"- {LABEL[a]} − {LABEL[b]}: {d:+.2f} points (largest seed std of the two: {spread:.2f}); "
                      f"the claimed order {verdict} in the means"
                      + (" but the gap is within one standard deviation" if abs(d) <= spread else "") + ".")
     ranked = sorted(summary, key=lambda s: -s["top1_mean"])
-    lines += ["", "Measured order of the means: " + " > ".join(LABEL[s["network"]] for s in ranked) + "."]
+    order = LABEL[ranked[0]["network"]]
+    for prev, cur in zip(ranked, ranked[1:]):
+        order += (" = " if cur["top1_mean"] == prev["top1_mean"] else " > ") + LABEL[cur["network"]]
+    lines += ["", f"Measured order of the means: {order}."]
     return "\n".join(lines)
 
 
@@ -117,8 +124,9 @@ def main(argv):
     md += ["| network | runs | test top-1 (%) mean ± std | params | multiply-adds | training time (s, mean) |",
            "|---|---|---|---|---|---|"]
     for s in summary:
-        md.append(f"| {LABEL.get(s['network'], s['network'])} | {s['runs']} | {s['top1_mean']:.2f} ± "
-                  f"{s['top1_std']:.2f} | {s['params']:,} | {s['multiply_adds']:,} | {s['train_seconds_mean']:.0f} |")
+        spread = f" ± {s['top1_std']:.2f}" if s["runs"] > 1 else " (one seed)"
+        md.append(f"| {LABEL.get(s['network'], s['network'])} | {s['runs']} | {s['top1_mean']:.2f}{spread} "
+                  f"| {s['params']:,} | {s['multiply_adds']:,} | {s['train_seconds_mean']:.0f} |")
     md += ["", f"Test images per evaluation: {', '.join(str(x) for x in samples)}. Std is the sample standard "
            "deviation over seeds.", "", ordering_text(summary), "", "Sweep settings:", "", "```", recipe, "```", ""]
     (out / "results.md").write_text("\n".join(md))
