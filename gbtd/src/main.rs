@@ -16,9 +16,9 @@ use gbtd::openblas::{ThreadPolicy, default_threads, ensure_kernels_match_cpu};
 mod cli {
     pub mod args;
     pub mod blas_info;
-    pub mod compress;
     pub mod chain_file;
     pub mod collective;
+    pub mod compress;
     pub mod decompose;
     pub mod info;
     pub mod reconstruct;
