@@ -50,7 +50,7 @@ pub(crate) struct ConvertArgs {
     /// Block terms R of the CRU stages (default: the source's groups); d* = mid / R.
     #[arg(long, value_name = "R")]
     pub(crate) terms: Option<usize>,
-    /// Rank d* of each term (default mid / R); sets R = mid / d* in every CRU stage. Give --terms or --rank.
+    /// Rank d* = D·2^s of each term in stage s, as for netgen emit (R = mid / d*); instead of --terms.
     #[arg(long, value_name = "D", conflicts_with = "terms")]
     pub(crate) rank: Option<usize>,
     /// BN statistics: reestimate (default; on training batches) or carry (the source's, no data read).
@@ -141,17 +141,23 @@ pub(crate) fn run(a: &ConvertArgs) -> Result<ExitCode, UserError> {
         None => a.terms,
         Some(0) => return Err(UserError("--rank 0: the rank d* must be ≥ 1".into())),
         Some(d) => {
-            // One R for all CRU stages: the bottleneck widths of the stages that become CRU.
-            let mids: Vec<usize> = src
+            // As netgen emit's --rank: d* = D·2^s in stage s, one R = mid / d* for all CRU stages.
+            let cru: Vec<(usize, usize)> = src
                 .stages
                 .iter()
-                .filter(|s| s.depth >= a.share)
-                .map(|s| s.unit.mid())
+                .enumerate()
+                .filter(|(_, s)| s.depth >= a.share)
+                .map(|(i, s)| (s.unit.mid(), d << i))
                 .collect();
-            let r: Vec<usize> = mids.iter().map(|m| m / d).collect();
-            if mids.iter().any(|m| !m.is_multiple_of(d)) || r.windows(2).any(|w| w[0] != w[1]) {
+            let r: Vec<usize> = cru.iter().map(|(m, ds)| m / ds).collect();
+            if cru.iter().any(|(m, ds)| !m.is_multiple_of(*ds))
+                || r.contains(&0)
+                || r.windows(2).any(|w| w[0] != w[1])
+            {
+                let mids: Vec<usize> = cru.iter().map(|c| c.0).collect();
                 return Err(UserError(format!(
-                    "--rank {d} does not give one R = mid / rank for the CRU stages' widths {mids:?}; use --terms R"
+                    "--rank {d} (d* = {d}·2^s in stage s) does not give one R = mid / d* for the CRU stages' widths \
+                     {mids:?}; use --terms R"
                 )));
             }
             r.first().copied()
