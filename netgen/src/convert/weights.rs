@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use gbtd::collective::{CollectiveOptions, collective_btd};
 use gbtd::layers::LayerChain;
-use ndarray::{Array4, ArrayD};
+use gbtd::linalg::leading_left_singular_vectors;
+use gbtd::options::Init;
+use ndarray::{Array2, Array4, ArrayD, s};
 use serde::Serialize;
 use tch::Tensor;
 use tch::nn::VarStore;
@@ -215,19 +217,28 @@ pub fn convert_weights(
         let d = mid / r;
         for (k, range) in st.unit.share_groups(st.depth).into_iter().enumerate() {
             let mut kernels = Vec::new();
+            let mut inputs = Vec::new();
             for i in range.clone() {
                 let u = stage_units[i];
                 let p = unit_prefix(si, i);
                 let s2 = b.bn_scale(&format!("{p}.bn2"))?;
-                let mut kern = composed_kernel(
-                    &b.nd(&format!("{p}.conv1.weight"))?,
-                    &s2,
-                    &b.nd(&format!("{p}.conv2.weight"))?,
-                    src_groups,
-                )?;
+                let conv1 = b.nd(&format!("{p}.conv1.weight"))?;
+                let mut kern =
+                    composed_kernel(&conv1, &s2, &b.nd(&format!("{p}.conv2.weight"))?, src_groups)?;
+                // M_u = diag(s2)·conv1 (mid × in): the ResNeXt's own input factors.
+                let mut m_u: Array2<f64> = conv1
+                    .slice(s![.., .., 0, 0])
+                    .to_owned()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|e| ConvertError::Weights(format!("{p}.conv1: {e}")))?;
+                for (mut row, &sc) in m_u.axis_iter_mut(ndarray::Axis(0)).zip(&s2) {
+                    row *= sc;
+                }
                 if u.projection {
                     let proj = b.nd(&format!("{p}.downsample.weight"))?;
-                    kern = input_map(&kern, &pinv_1x1(&proj)?)?;
+                    let pinv = pinv_1x1(&proj)?;
+                    kern = input_map(&kern, &pinv)?;
+                    m_u = m_u.dot(&pinv);
                     b.copy(
                         &format!("{p}.conv_proj.weight"),
                         &format!("{p}.downsample.weight"),
@@ -242,13 +253,24 @@ pub fn convert_weights(
                 b.copy(&format!("{p}.conv_expand.weight"), &format!("{p}.conv3.weight"))?;
                 b.new_bn(&format!("{p}.bn_extra"), mid as i64);
                 kernels.push(kern.into_dyn());
+                inputs.push(m_u);
             }
             let views: Vec<_> = kernels.iter().map(|k| k.view()).collect();
             let copts = CollectiveOptions::new(r, vec![d, d])
                 .with_n_iter_max(opts.n_iter_max)
                 .with_tol(opts.tol)
                 .with_seed(opts.seed);
-            let coll = collective_btd(&views, &copts)?;
+            let mut coll = collective_btd(&views, &copts)?;
+            // ALS from the SVD can stall short of the exact BTD that exists for L = 1; the
+            // ResNeXt's own structure is a second start, and the better fit of X⁺ is kept.
+            if r == src_groups
+                && let Some(given) = structured_init(&inputs, r, d)?
+            {
+                let alt = collective_btd(&views, &copts.clone().with_init(Init::Given(given)))?;
+                if alt.btd.convergence.rel_error() < coll.btd.convergence.rel_error() {
+                    coll = alt;
+                }
+            }
             let chains = LayerChain::from_collective(&coll)?;
             let sp = share_prefix(si, k);
             b.put(&format!("{sp}.conv_reduce.weight"), &chains[0].reduce)?;
@@ -276,6 +298,42 @@ pub fn convert_weights(
         groups,
         new_bns: b.new_bns,
     })
+}
+
+/// The ResNeXt's own factors as a start for the collective factorization of a share group with the
+/// source's `r` terms of rank `d`: `Â_4` stacks, for each unit, the identity blocks `A4_r^u = E_r`
+/// (term `r` writes output channels `r·d .. (r+1)·d`, as the grouped conv2 does); block `r` of
+/// `Â_3` spans the leading `d` left singular vectors of the units' input factors
+/// `[M_1,rᵀ … M_L,rᵀ]` (`M_u = diag(s2)·conv1`, rows of term `r`), which is `span(M_rᵀ)` itself for
+/// `L = 1`, so that the exact BTD is the starting point. `None` when a block cannot be formed
+/// (`d` larger than the input channels).
+fn structured_init(inputs: &[Array2<f64>], r: usize, d: usize) -> Result<Option<Vec<Array2<f64>>>> {
+    let Some(first) = inputs.first() else {
+        return Ok(None);
+    };
+    let (mid, d3) = first.dim();
+    if d > d3 || mid != r * d {
+        return Ok(None);
+    }
+    let mut a4 = Array2::<f64>::zeros((inputs.len() * mid, r * d));
+    for l in 0..inputs.len() {
+        for c in 0..mid {
+            a4[[l * mid + c, c]] = 1.0;
+        }
+    }
+    let mut a3 = Array2::<f64>::zeros((d3, r * d));
+    for t in 0..r {
+        let blocks: Vec<_> = inputs
+            .iter()
+            .map(|m| m.slice(s![t * d..(t + 1) * d, ..]).t().to_owned())
+            .collect();
+        let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+        let cat = ndarray::concatenate(ndarray::Axis(1), &views)
+            .map_err(|e| ConvertError::Weights(e.to_string()))?;
+        let (u, _) = leading_left_singular_vectors(&cat.view(), d)?;
+        a3.slice_mut(s![.., t * d..(t + 1) * d]).assign(&u);
+    }
+    Ok(Some(vec![a4, a3]))
 }
 
 impl Converted {
