@@ -64,6 +64,9 @@ enum Cmd {
     /// Test accuracy of a run's checkpoint or of any weights with their spec.
     #[command(after_help = cli::TRAIN_EXAMPLES)]
     Eval(Box<cli::eval::EvalArgs>),
+    /// A CRU-Net initialised from a trained pre-activation ResNeXt run (collective factorization).
+    #[command(after_help = cli::convert::CONVERT_EXAMPLES)]
+    Convert(Box<cli::convert::ConvertArgs>),
 }
 
 #[derive(Args, Debug, Default)]
@@ -384,6 +387,7 @@ fn main() -> ExitCode {
         Some(Cmd::Emit(args)) => emit(&args),
         Some(Cmd::Train(mut t)) => return finish(cli::train::run(&mut t.arch, &t.flags)),
         Some(Cmd::Eval(e)) => return finish(cli::eval::run(&e)),
+        Some(Cmd::Convert(c)) => return finish(cli::convert::run(&c)),
         None if cli.emit.dry_run || cli.emit.toml => emit(&cli.emit),
         None => return finish(cli::train::run(&mut cli.emit, &cli.run)),
     };

@@ -1,4 +1,5 @@
-//! The `train` and `eval` subcommands (the emit side lives in `main.rs`).
+//! The `train`, `eval` and `convert` subcommands (the emit side lives in `main.rs`).
+pub(crate) mod convert;
 pub(crate) mod eval;
 pub(crate) mod train;
 
