@@ -11,7 +11,8 @@
 //!   legacy format, compressed with `--method tucker2 --rank-rule energy:0.9`; a Python script
 //!   rebuilds the replaced modules from the metadata (the README's loader), loads the checkpoint
 //!   with `strict=True`, runs each replaced conv and its chain on the same random input, and runs
-//!   the whole model forward.
+//!   the whole model forward; `gbtd verify` on the legacy run agrees layer by layer (kernel errors
+//!   equal to the reported ones, output errors within 15% of PyTorch's).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -630,8 +631,9 @@ print(json.dumps({"layers": rows, "forward_shape": list(z.shape),
                   "state_dict": len(sd), "kept": len(kept), "kept_equal": same}))
 "#;
 
-/// Checks one compressed ResNet-50 against PyTorch; returns the names of the layers compared.
-fn check_against_torch(orig: &Path, out: &Path, report: &Value, pattern: &str) -> Vec<String> {
+/// Checks one compressed ResNet-50 against PyTorch; returns the layers compared with PyTorch's
+/// relative output error of each.
+fn check_against_torch(orig: &Path, out: &Path, report: &Value, pattern: &str) -> Vec<(String, f64)> {
     let text = peers::run_python(CHECK, &[s(orig), s(out), pattern])
         .unwrap_or_else(|e| panic!("python check failed: {e}"));
     let v: Value = serde_json::from_str(text.trim()).unwrap();
@@ -674,7 +676,7 @@ fn check_against_torch(orig: &Path, out: &Path, report: &Value, pattern: &str) -
         );
         // energy:0.9 keeps, per mode, the smallest rank with 90% of the unfolding's energy.
         assert_eq!(usizes(&l["ranks"]), usizes(&row["energy_ranks"]), "{name}");
-        seen.push(name.to_string());
+        seen.push((name.to_string(), output));
     }
     seen
 }
@@ -735,6 +737,40 @@ fn resnet50_tucker2_energy_in_both_checkpoint_formats_matches_pytorch() {
     let sub = run(&legacy, &part, &["--layers", r"^layer2\.", "--quiet"]);
     let compared = check_against_torch(&legacy, &part, &sub, "");
     assert_eq!(compared.len(), 4, "layer2's four 3×3 convs: {compared:?}");
+
+    // `gbtd verify` on the same files: every layer agrees, its kernel errors are the reported
+    // ones, and its output errors (gbtd's own im2col convolution on another random input)
+    // estimate the same quantity as PyTorch's output errors above: for Gaussian input both
+    // have the kernel error as their expectation, with a spread of a few percent at these sizes.
+    let v = ok_json(&gbtd(&["verify", s(&legacy), s(&part), "--json", "--quiet"]));
+    assert_eq!(v["all_agree"], true, "{v}");
+    assert_eq!(v["passed"], true, "{v}");
+    let verified = v["layers"].as_array().unwrap();
+    assert_eq!(verified.len(), 4, "{v}");
+    for (name, torch_output) in &compared {
+        let row = verified
+            .iter()
+            .find(|l| l["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("verify lists {name}: {v}"));
+        let reported = sub["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name.as_str())
+            .unwrap()["relative_error"]
+            .as_f64()
+            .unwrap();
+        let kernel = row["kernel_error"].as_f64().unwrap();
+        assert!(
+            (kernel / reported - 1.0).abs() <= 1e-4,
+            "{name}: {kernel} vs {reported}"
+        );
+        let output = row["output_error"].as_f64().unwrap();
+        assert!(
+            (output / torch_output - 1.0).abs() <= 0.15,
+            "{name}: gbtd verify output error {output}, PyTorch {torch_output}"
+        );
+    }
     for l in sub["layers"].as_array().unwrap() {
         let same = layers.iter().find(|f| f["name"] == l["name"]).unwrap();
         assert_eq!(l["ranks"], same["ranks"]);
