@@ -91,7 +91,7 @@ fn objective(sigma2: f64, sq: &[f64], l: usize, m: usize, alpha: f64, xbar: f64)
 ///    `τ = ½(x − (1+α) + √((x − (1+α))² − 4α))`) on `[σ̲², σ̄²]`, with
 ///    `σ̄² = Σ_h γ_h² / (LM)` and
 ///    `σ̲² = max(γ²_{ξ+1} / (M x̄), Σ_{h>ξ} γ_h² / (M (L − ξ)))`, `ξ = ⌈L/(1+α)⌉ − 1`
-///    (1-based `γ`), `x̄ = (1+τ̲)(1+α/τ̲)` with `τ̲` from [`tau_threshold`].
+///    (1-based `γ`), `x̄ = (1+τ̲)(1+α/τ̲)` with `τ̲` from [`tau_threshold`](crate::ranks::tau_threshold).
 ///    The minimum is found over `log σ²` on a 400-point grid, then by golden-section search in
 ///    the bracket around the best grid point.
 /// 2. A component is retained when `γ_h > √(M σ² x̄)`.
