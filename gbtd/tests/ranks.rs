@@ -617,3 +617,58 @@ fn vbmf_reproduces_the_published_uniform_integer_example() {
         assert_eq!(c[0], RankChoice::Ranks(vec![1, 1]), "seed {seed}");
     }
 }
+
+/// Flat spectra (Gaussian kernels, as at random initialisation): the true Tucker-2 error is at
+/// least the larger of the two modes' discarded fractions, so a budget that raised one rank to
+/// the full dimension while the other stayed at 1 would buy no accuracy with its parameters
+/// (it did, before the moves followed the proportional path: ranks like (512, 1), error 0.998).
+/// Square kernels must get equal ranks; rectangular ones ranks in their shape's proportion; and
+/// the truncated HOSVD at the chosen ranks must do better than an unbalanced choice of the same
+/// parameter count.
+#[test]
+fn budget_on_flat_spectra_keeps_both_modes_in_proportion() {
+    let shapes = [[64, 64, 3, 3], [128, 128, 3, 3], [128, 64, 3, 3], [96, 96, 3, 3]];
+    let kernels: Vec<ArrayD<f64>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, s)| gaussian(s, 900 + k as u64))
+        .collect();
+    let layers: Vec<LayerSpectra> = kernels
+        .iter()
+        .enumerate()
+        .map(|(k, x)| spectra(&format!("l{k}"), x))
+        .collect();
+    let choices = choose_ranks(
+        &RankRule::Budget(0.3),
+        &layers,
+        &ParamModel::Tucker2,
+        &Overrides::empty(),
+    )
+    .unwrap();
+    let mut compressed = 0;
+    for ((shape, c), x) in shapes.iter().zip(&choices).zip(&kernels) {
+        let RankChoice::Ranks(r) = c else { continue };
+        compressed += 1;
+        let (ratio, want) = (r[0] as f64 / r[1] as f64, shape[0] as f64 / shape[1] as f64);
+        assert!(
+            (ratio / want - 1.0).abs() <= 0.1 + 1.0 / r[1] as f64,
+            "{shape:?}: ranks {r:?} are not in the kernel's proportion"
+        );
+        // The truncated HOSVD at the chosen ranks against the unbalanced ranks (r0 + r1 - 1, 1),
+        // whose factors cost as much.
+        let hosvd_error = |a: usize, b: usize| {
+            let t = gbtd::tucker::hosvd(&x.view(), &[a, b], Some(&[0, 1])).unwrap();
+            relative_error(&x.view(), &t.reconstruct().unwrap().view()).unwrap()
+        };
+        let balanced = hosvd_error(r[0], r[1]);
+        let lopsided = hosvd_error((r[0] + r[1] - 1).min(shape[0]), 1);
+        assert!(
+            balanced < lopsided,
+            "{shape:?}: ranks {r:?} give {balanced}, unbalanced ranks give {lopsided}"
+        );
+    }
+    assert!(
+        compressed >= 2,
+        "the budget compresses some of these layers: {choices:?}"
+    );
+}

@@ -324,7 +324,7 @@ fn ratio_ranks(x: f64, shape: &[usize], model: &ParamModel) -> RankChoice {
 }
 
 /// Step `k` of the proportional path: `clamp(round(k·d_n/m), 1, cap_n)` with `m = max(o, i)`.
-fn proportional(k: usize, shape: &[usize], caps: [usize; 2]) -> Vec<usize> {
+pub(crate) fn proportional(k: usize, shape: &[usize], caps: [usize; 2]) -> Vec<usize> {
     let m = shape[0].max(shape[1]) as f64;
     (0..2)
         .map(|n| (((k as f64) * shape[n] as f64 / m).round() as usize).clamp(1, caps[n].max(1)))
