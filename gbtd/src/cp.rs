@@ -248,11 +248,16 @@ fn init_factors<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Resu
     let r = opts.rank;
     match &opts.init {
         Init::Svd => {
+            // The modes' singular vectors are independent: the worker pool (when the thread
+            // policy has one) computes them side by side, each with single-threaded BLAS.
+            let leading: Vec<_> = crate::parallel::map_items((0..shape.len()).collect(), true, |mode| {
+                leading_unfolding_vectors(x, mode, r.min(shape[mode]))
+            });
             let mut g = NumpyRandomState::new(opts.iter.seed);
             let mut factors = Vec::with_capacity(shape.len());
-            for (mode, &d) in shape.iter().enumerate() {
+            for ((mode, &d), found) in shape.iter().enumerate().zip(leading) {
                 let k = r.min(d);
-                let (u, sv) = leading_unfolding_vectors(x, mode, k)?;
+                let (u, sv) = found?;
                 let mut a = Array2::<T>::zeros((d, r));
                 a.slice_mut(ndarray::s![.., ..k]).assign(&u);
                 if mode == 0 {

@@ -4,7 +4,8 @@
 //! `gesvd`: for a wide matrix (`rows ≤ cols`, the usual case for an unfolding) they are the
 //! leading eigenvectors of the Gram matrix `M·Mᵀ`; for a tall matrix the thin divide-and-conquer
 //! SVD `gesdd` is used. Gram matrices come from BLAS `syrk` ([`gram`]). Symmetric eigenproblems go
-//! through LAPACK `dsytrd` + `dstemr`/`dstedc` + `dormtr` ([`sym_eig_top`]), which compute only
+//! through LAPACK `dsytrd`, a tridiagonal solver (`dstemr`, `dstedc`, or a divide-and-conquer
+//! merge that forms only the wanted vectors) and `dormtr` ([`sym_eig_top`]), which compute only
 //! the wanted eigenvectors, instead of the `syev` behind `ndarray_linalg::Eigh` or `dsyevr` with
 //! an index range.
 //!
@@ -16,7 +17,7 @@ use std::any::TypeId;
 use std::os::raw::{c_char, c_int};
 
 use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO, cblas_dsyrk, cblas_ssyrk};
-use lapack_sys::{dormtr_, dstedc_, dstemr_, dsterf_, dsytrd_};
+use lapack_sys::{dormtr_, dsterf_, dsytrd_};
 
 use ndarray::{Array1, Array2, ArrayView2, ShapeBuilder, s};
 use ndarray_linalg::{JobSvd, QRInto, SVDDC};
@@ -24,6 +25,9 @@ use ndarray_linalg::{JobSvd, QRInto, SVDDC};
 use crate::error::{GbtdError, Result};
 use crate::openblas::SingleThreadedBlas;
 use crate::real::Real;
+
+mod tridiagonal;
+use tridiagonal::tridiagonal_top;
 
 /// The `k` leading left singular vectors `U` (`rows × k`, orthonormal columns, in decreasing
 /// order of singular value) and the matching singular values of `m`.
@@ -250,103 +254,13 @@ pub(crate) fn sym_eigenvalues(g: Array2<f64>) -> Result<Vec<f64>> {
     Ok(d)
 }
 
-/// The `k` largest eigenvalues of the symmetric tridiagonal matrix with diagonal `d` and
-/// subdiagonal `e[..n-1]` (both overwritten; `e` has length `n`), in ascending order, and their
-/// eigenvectors as an `n × k` column-major matrix: by MRRR (`dstemr`, only the `k` wanted pairs)
-/// when `k ≤ n/8`, else by divide and conquer (`dstedc`, all pairs, faster per pair).
-fn tridiagonal_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let n = d.len();
-    let ch = |c: &'static [u8]| c.as_ptr() as *const c_char;
-    let nn = n as c_int;
-    let minus_one: c_int = -1;
-    let mut info: c_int = 0;
-    let mut query = [0.0f64; 1];
-    let mut iquery = [0 as c_int; 1];
-    // SAFETY (all calls below): D and E have length n, Z is n×n (dstedc) or n×k (dstemr) with
-    // LDZ = n, W has length n, ISUPPZ 2k, WORK/IWORK the queried sizes; LAPACK keeps none.
-    if 8 * k <= n {
-        let (il, iu, kk) = ((n - k + 1) as c_int, nn, k as c_int);
-        let (vl, vu) = (0.0f64, 0.0f64);
-        let mut found: c_int = 0;
-        let mut w = vec![0.0f64; n];
-        let mut z = vec![0.0f64; n * k];
-        let mut isuppz = vec![0 as c_int; 2 * k];
-        let mut tryrac: c_int = 1;
-        let mut call =
-            |work: &mut [f64], lwork: c_int, iwork: &mut [c_int], liwork: c_int, info: &mut c_int| unsafe {
-                dstemr_(
-                    ch(b"V"),
-                    ch(b"I"),
-                    &nn,
-                    d.as_mut_ptr(),
-                    e.as_mut_ptr(),
-                    &vl,
-                    &vu,
-                    &il,
-                    &iu,
-                    &mut found,
-                    w.as_mut_ptr(),
-                    z.as_mut_ptr(),
-                    &nn,
-                    &kk,
-                    isuppz.as_mut_ptr(),
-                    &mut tryrac,
-                    work.as_mut_ptr(),
-                    &lwork,
-                    iwork.as_mut_ptr(),
-                    &liwork,
-                    info,
-                );
-            };
-        call(&mut query, minus_one, &mut iquery, minus_one, &mut info);
-        lapack_check("dstemr workspace query", info)?;
-        let mut work = vec![0.0f64; work_size(query[0], 18 * n)];
-        let mut iwork = vec![0 as c_int; (iquery[0].max(0) as usize).max(10 * n)];
-        let (lwork, liwork) = (work.len() as c_int, iwork.len() as c_int);
-        call(&mut work, lwork, &mut iwork, liwork, &mut info);
-        lapack_check("dstemr", info)?;
-        if found as usize != k {
-            return Err(GbtdError::Linalg(format!(
-                "dstemr found {found} of {k} eigenpairs"
-            )));
-        }
-        w.truncate(k);
-        Ok((w, z))
-    } else {
-        let mut z = vec![0.0f64; n * n];
-        let mut call =
-            |work: &mut [f64], lwork: c_int, iwork: &mut [c_int], liwork: c_int, info: &mut c_int| unsafe {
-                dstedc_(
-                    ch(b"I"),
-                    &nn,
-                    d.as_mut_ptr(),
-                    e.as_mut_ptr(),
-                    z.as_mut_ptr(),
-                    &nn,
-                    work.as_mut_ptr(),
-                    &lwork,
-                    iwork.as_mut_ptr(),
-                    &liwork,
-                    info,
-                );
-            };
-        call(&mut query, minus_one, &mut iquery, minus_one, &mut info);
-        lapack_check("dstedc workspace query", info)?;
-        let mut work = vec![0.0f64; work_size(query[0], 1 + 4 * n + n * n)];
-        let mut iwork = vec![0 as c_int; (iquery[0].max(0) as usize).max(3 + 5 * n)];
-        let (lwork, liwork) = (work.len() as c_int, iwork.len() as c_int);
-        call(&mut work, lwork, &mut iwork, liwork, &mut info);
-        lapack_check("dstedc", info)?;
-        // Ascending order: the wanted pairs are the last k.
-        Ok((d[n - k..].to_vec(), z.split_off((n - k) * n)))
-    }
-}
-
 /// The `k` largest eigenvalues of the symmetric matrix `m` (`n × n`) in decreasing order, and
 /// the matching orthonormal eigenvectors as the columns of an `n × k` matrix.
 ///
-/// LAPACK: `dsytrd` reduces `m` to tridiagonal form `QᵀMQ = T`, `dstemr` (MRRR, for few pairs)
-/// or `dstedc` (divide and conquer) solves `T`, and `dormtr` maps only the `k` wanted eigenvectors
+/// LAPACK: `dsytrd` reduces `m` to tridiagonal form `QᵀMQ = T`; `dstemr` (MRRR, for few pairs),
+/// `dstedc` (divide and conquer, small `n`) or the top-level divide-and-conquer step of the
+/// private `tridiagonal` module (two halves side by side, then only the `k` wanted vectors of
+/// the merge; `n ≥ 256`) solves `T`; and `dormtr` maps only the `k` wanted eigenvectors
 /// of `T` back through `Q`.
 /// This avoids `dsyevr` with an index range (which falls back to bisection and inverse
 /// iteration) and the `dsyev` behind `ndarray_linalg::Eigh` (all eigenpairs, QR iteration), both
@@ -375,7 +289,7 @@ pub fn sym_eig_top<T: Real>(m: &ArrayView2<'_, T>, k: usize) -> Result<(Array1<T
     // The reduction to tridiagonal form is n BLAS-2 steps: threads only pay off for large n.
     let _single = SingleThreadedBlas::for_work((n * n * n) as f64);
     let ch = |c: &'static [u8]| c.as_ptr() as *const c_char;
-    let (nn, kk) = (n as c_int, k as c_int);
+    let nn = n as c_int;
     // Column-major f64 copy (the transpose of a symmetric matrix is itself).
     let mut a: Vec<f64> = m.t().iter().map(|v| v.to_f64_exact()).collect();
     let mut d = vec![0.0f64; n];
@@ -421,51 +335,16 @@ pub fn sym_eig_top<T: Real>(m: &ArrayView2<'_, T>, k: usize) -> Result<(Array1<T
     lapack_check("dsytrd", info)?;
 
     let (w, mut zk) = tridiagonal_top(&mut d, &mut e, k)?;
-    let tail = &mut zk[..];
-    unsafe {
-        dormtr_(
-            ch(b"L"),
-            ch(b"L"),
-            ch(b"N"),
-            &nn,
-            &kk,
-            a.as_ptr(),
-            &nn,
-            tau.as_ptr(),
-            tail.as_mut_ptr(),
-            &nn,
-            query.as_mut_ptr(),
-            &minus_one,
-            &mut info,
-        );
-    }
-    lapack_check("dormtr workspace query", info)?;
-    // `dormtr`'s query omits the `65 × 64` block-reflector buffer `dormqr` needs on top of it
-    // (LAPACK ≥ 3.7), so with exactly the queried size `dormqr` silently drops to its unblocked
-    // code (`dorm2r`: 13% of a 512 × 512, k = 128 eigenproblem went to scanning for zero
-    // columns). Give it the room for the largest block size as well.
-    let mut work = vec![0.0f64; work_size(query[0] + (65 * 64 + 64 * k) as f64, k)];
-    let lwork = work.len() as c_int;
-    unsafe {
-        dormtr_(
-            ch(b"L"),
-            ch(b"L"),
-            ch(b"N"),
-            &nn,
-            &kk,
-            a.as_ptr(),
-            &nn,
-            tau.as_ptr(),
-            tail.as_mut_ptr(),
-            &nn,
-            work.as_mut_ptr(),
-            &lwork,
-            &mut info,
-        );
-    }
-    lapack_check("dormtr", info)?;
-
-    let zmat = ArrayView2::from_shape((n, k).f(), &*tail)?;
+    // Back-transformation `Q · Z`: the columns are independent, so large `k` is split into two
+    // halves that the worker pool can take side by side (the same split at any thread count).
+    let chunk = if k >= 64 { k.div_ceil(2) } else { k };
+    let applied: Vec<Result<()>> =
+        crate::parallel::map_items(zk.chunks_mut(chunk * n).collect(), true, |cols| {
+            apply_householder_q(&a, &tau, n, cols)
+        });
+    applied.into_iter().collect::<Result<()>>()?;
+    let tail = &zk[..];
+    let zmat = ArrayView2::from_shape((n, k).f(), tail)?;
     let mut vecs = Array2::<T>::zeros((n, k));
     let mut vals = Array1::<T>::zeros(k);
     for c in 0..k {
@@ -577,6 +456,62 @@ pub fn mirror_lower<T: Real>(c: &mut Array2<T>) {
             c[[j, i]] = c[[i, j]];
         }
     }
+}
+
+/// `C ← Q·C` for the orthogonal `Q` of a `dsytrd` reduction (`a`, `tau` as `dsytrd` left them,
+/// lower triangle, order `n`) and the column-major `n × c` matrix `C` stored in `cols`
+/// (`c = cols.len() / n`), by `dormtr`.
+fn apply_householder_q(a: &[f64], tau: &[f64], n: usize, cols: &mut [f64]) -> Result<()> {
+    let ch = |c: &'static [u8]| c.as_ptr() as *const c_char;
+    let k = cols.len() / n;
+    let (nn, kk) = (n as c_int, k as c_int);
+    let minus_one: c_int = -1;
+    let mut info: c_int = 0;
+    let mut query = [0.0f64; 1];
+    // SAFETY (both calls): A is n×n with LDA = n, TAU has n − 1 entries, C is n×k with LDC = n,
+    // WORK the queried size; LAPACK keeps none of them.
+    unsafe {
+        dormtr_(
+            ch(b"L"),
+            ch(b"L"),
+            ch(b"N"),
+            &nn,
+            &kk,
+            a.as_ptr(),
+            &nn,
+            tau.as_ptr(),
+            cols.as_mut_ptr(),
+            &nn,
+            query.as_mut_ptr(),
+            &minus_one,
+            &mut info,
+        );
+    }
+    lapack_check("dormtr workspace query", info)?;
+    // `dormtr`'s query omits the `65 × 64` block-reflector buffer `dormqr` needs on top of it
+    // (LAPACK ≥ 3.7), so with exactly the queried size `dormqr` silently drops to its unblocked
+    // code (`dorm2r`: 13% of a 512 × 512, k = 128 eigenproblem went to scanning for zero
+    // columns). Give it the room for the largest block size as well.
+    let mut work = vec![0.0f64; work_size(query[0] + (65 * 64 + 64 * k) as f64, k)];
+    let lwork = work.len() as c_int;
+    unsafe {
+        dormtr_(
+            ch(b"L"),
+            ch(b"L"),
+            ch(b"N"),
+            &nn,
+            &kk,
+            a.as_ptr(),
+            &nn,
+            tau.as_ptr(),
+            cols.as_mut_ptr(),
+            &nn,
+            work.as_mut_ptr(),
+            &lwork,
+            &mut info,
+        );
+    }
+    lapack_check("dormtr", info)
 }
 
 /// Below this many floating-point operations per BLAS call, a threaded OpenBLAS call is slower

@@ -342,7 +342,7 @@ pub fn tucker<T: Real>(x: &ArrayViewD<'_, T>, opts: &TuckerOptions<'_, T>) -> Re
 /// For a wide or square unfolding (`d ≤ Π_{j≠mode} d_j`) they are the leading eigenvectors of
 /// the Gram matrix `X_(mode) X_(mode)ᵀ` ([`unfolding_gram`]) by the LAPACK symmetric
 /// eigensolver of [`crate::linalg::sym_eig_top`] (tridiagonal reduction `sytrd`, the selected
-/// eigenpairs of the tridiagonal matrix by `stemr` or all of them by `stedc`, back-transformed by
+/// eigenpairs of the tridiagonal matrix by MRRR or divide and conquer, back-transformed by
 /// `ormtr`); for a tall one
 /// they come from `gesdd` ([`leading_left_singular_vectors`]). When `k` exceeds the rank, the
 /// extra columns complete an orthonormal basis (singular value 0). Signs follow TensorLy's
@@ -445,18 +445,24 @@ fn projected_sq_norm<T: Real>(g: &Array2<T>, a: &Array2<T>) -> f64 {
         .sum()
 }
 
-/// HOSVD factors: the leading left singular vectors of each unfolding of the input.
+/// HOSVD factors: the leading left singular vectors of each unfolding of the input, computed
+/// side by side.
 fn hosvd_factors<T: Real>(
     xl: &mut InputLayouts<'_, T>,
     rank: &[usize],
     modes: &[usize],
 ) -> Result<Vec<Array2<T>>> {
-    let mut factors = Vec::with_capacity(modes.len());
-    for (&m, &r) in modes.iter().zip(rank) {
+    for &m in modes {
         xl.prepare(Some(m))?;
-        factors.push(leading(xl.get(Some(m)), m, r)?.0);
     }
-    Ok(factors)
+    // The modes are independent: the worker pool (when the thread policy has one) takes them
+    // side by side, each with single-threaded BLAS, which also keeps the result independent of
+    // the thread count.
+    let xl = &*xl;
+    let jobs: Vec<(usize, usize)> = modes.iter().copied().zip(rank.iter().copied()).collect();
+    crate::parallel::map_items(jobs, true, |(m, r)| leading(xl.get(Some(m)), m, r).map(|f| f.0))
+        .into_iter()
+        .collect()
 }
 
 /// The order in which to apply the factors at positions `which`: the ones that shrink the
