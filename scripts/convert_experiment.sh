@@ -3,7 +3,8 @@
 # for SRC_EPOCHS epochs, converted to a CRU-Net with share groups of SHARE units (netgen convert,
 # BN statistics re-estimated), its test accuracy before fine-tuning and after FT_EPOCHS epoch(s) of
 # fine-tuning, against the same CRU-Net trained from scratch for SRC_EPOCHS + FT_EPOCHS epochs.
-# Prints a Markdown table; the runs stay in OUT (default runs/convert_exp).
+# Prints a Markdown table (also written to OUT/results.md); the runs stay in OUT (default
+# runs/convert_exp). notebooks/training.ipynb shows them with CONVERT_DIR=OUT.
 #
 #   bash scripts/convert_experiment.sh                     # defaults below (CPU: about 20 minutes)
 #   NETGEN=target/debug/netgen SRC_EPOCHS=2 bash scripts/convert_experiment.sh
@@ -48,7 +49,7 @@ wait "$src_pid"
     >"$OUT/finetune.json"
 wait "$scratch_pid"
 
-python3 - "$OUT" "$SRC_EPOCHS" "$FT_EPOCHS" <<'EOF'
+python3 - "$OUT" "$SRC_EPOCHS" "$FT_EPOCHS" <<'EOF' | tee "$OUT/results.md.tmp"
 import csv, json, sys
 out, src_e, ft_e = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 j = lambda f: json.load(open(f"{out}/{f}"))
@@ -67,3 +68,4 @@ errs = [e for g in conv["groups"] for e in g["rel_errors"]]
 print()
 print(f"Per-unit relative errors of the collective factorization: {', '.join(f'{e:.3f}' for e in errs)}")
 EOF
+mv "$OUT/results.md.tmp" "$OUT/results.md"
