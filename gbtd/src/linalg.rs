@@ -465,36 +465,10 @@ fn apply_householder_q(a: &[f64], tau: &[f64], n: usize, cols: &mut [f64]) -> Re
     let ch = |c: &'static [u8]| c.as_ptr() as *const c_char;
     let k = cols.len() / n;
     let (nn, kk) = (n as c_int, k as c_int);
-    let minus_one: c_int = -1;
     let mut info: c_int = 0;
-    let mut query = [0.0f64; 1];
     // SAFETY (both calls): A is n×n with LDA = n, TAU has n − 1 entries, C is n×k with LDC = n,
-    // WORK the queried size; LAPACK keeps none of them.
-    unsafe {
-        dormtr_(
-            ch(b"L"),
-            ch(b"L"),
-            ch(b"N"),
-            &nn,
-            &kk,
-            a.as_ptr(),
-            &nn,
-            tau.as_ptr(),
-            cols.as_mut_ptr(),
-            &nn,
-            query.as_mut_ptr(),
-            &minus_one,
-            &mut info,
-        );
-    }
-    lapack_check("dormtr workspace query", info)?;
-    // `dormtr`'s query omits the `65 × 64` block-reflector buffer `dormqr` needs on top of it
-    // (LAPACK ≥ 3.7), so with exactly the queried size `dormqr` silently drops to its unblocked
-    // code (`dorm2r`: 13% of a 512 × 512, k = 128 eigenproblem went to scanning for zero
-    // columns). Give it the room for the largest block size as well.
-    let mut work = vec![0.0f64; work_size(query[0] + (65 * 64 + 64 * k) as f64, k)];
-    let lwork = work.len() as c_int;
-    unsafe {
+    // WORK has LWORK entries (LWORK = −1: a query writing one); LAPACK keeps none of them.
+    let mut call = |work: &mut [f64], lwork: c_int, info: &mut c_int| unsafe {
         dormtr_(
             ch(b"L"),
             ch(b"L"),
@@ -508,9 +482,19 @@ fn apply_householder_q(a: &[f64], tau: &[f64], n: usize, cols: &mut [f64]) -> Re
             &nn,
             work.as_mut_ptr(),
             &lwork,
-            &mut info,
+            info,
         );
-    }
+    };
+    let mut query = [0.0f64; 1];
+    call(&mut query, -1, &mut info);
+    lapack_check("dormtr workspace query", info)?;
+    // `dormtr`'s query omits the `65 × 64` block-reflector buffer `dormqr` needs on top of it
+    // (LAPACK ≥ 3.7), so with exactly the queried size `dormqr` silently drops to its unblocked
+    // code (`dorm2r`: 13% of a 512 × 512, k = 128 eigenproblem went to scanning for zero
+    // columns). Give it the room for the largest block size as well.
+    let mut work = vec![0.0f64; work_size(query[0] + (65 * 64 + 64 * k) as f64, k)];
+    let lwork = work.len() as c_int;
+    call(&mut work, lwork, &mut info);
     lapack_check("dormtr", info)
 }
 

@@ -97,10 +97,6 @@ pub(super) fn tridiagonal_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<
 fn mrrr_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     let n = d.len();
     let nn = n as c_int;
-    let minus_one: c_int = -1;
-    let mut info: c_int = 0;
-    let mut query = [0.0f64; 1];
-    let mut iquery = [0 as c_int; 1];
     let (il, iu, kk) = ((n - k + 1) as c_int, nn, k as c_int);
     let (vl, vu) = (0.0f64, 0.0f64);
     let mut found: c_int = 0;
@@ -110,7 +106,7 @@ fn mrrr_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<(Vec<f64>, Vec<f64
     let mut tryrac: c_int = 1;
     // SAFETY: D and E have length n, Z is n×k with LDZ = n, W has length n, ISUPPZ 2k,
     // WORK/IWORK the queried sizes; LAPACK keeps none of them.
-    let mut call = |work: &mut [f64], lwork: c_int, iwork: &mut [c_int], liwork: c_int, info: &mut c_int| unsafe {
+    let call = |work: &mut [f64], lwork: c_int, iwork: &mut [c_int], liwork: c_int, info: &mut c_int| unsafe {
         dstemr_(
             ch(b"V"),
             ch(b"I"),
@@ -135,13 +131,7 @@ fn mrrr_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<(Vec<f64>, Vec<f64
             info,
         );
     };
-    call(&mut query, minus_one, &mut iquery, minus_one, &mut info);
-    lapack_check("dstemr workspace query", info)?;
-    let mut work = vec![0.0f64; work_size(query[0], 18 * n)];
-    let mut iwork = vec![0 as c_int; (iquery[0].max(0) as usize).max(10 * n)];
-    let (lwork, liwork) = (work.len() as c_int, iwork.len() as c_int);
-    call(&mut work, lwork, &mut iwork, liwork, &mut info);
-    lapack_check("dstemr", info)?;
+    query_then_run("dstemr", 18 * n, 10 * n, call)?;
     if found as usize != k {
         return Err(GbtdError::Linalg(format!(
             "dstemr found {found} of {k} eigenpairs"
@@ -156,14 +146,10 @@ fn mrrr_top(d: &mut [f64], e: &mut [f64], k: usize) -> Result<(Vec<f64>, Vec<f64
 fn dstedc_all(d: &mut [f64], e: &mut [f64]) -> Result<Vec<f64>> {
     let n = d.len();
     let nn = n as c_int;
-    let minus_one: c_int = -1;
-    let mut info: c_int = 0;
-    let mut query = [0.0f64; 1];
-    let mut iquery = [0 as c_int; 1];
     let mut z = vec![0.0f64; n * n];
     // SAFETY: D and E have length n, Z is n×n with LDZ = n, WORK/IWORK the queried sizes;
     // LAPACK keeps none of them.
-    let mut call = |work: &mut [f64], lwork: c_int, iwork: &mut [c_int], liwork: c_int, info: &mut c_int| unsafe {
+    let call = |work: &mut [f64], lwork: c_int, iwork: &mut [c_int], liwork: c_int, info: &mut c_int| unsafe {
         dstedc_(
             ch(b"I"),
             &nn,
@@ -178,14 +164,28 @@ fn dstedc_all(d: &mut [f64], e: &mut [f64]) -> Result<Vec<f64>> {
             info,
         );
     };
+    query_then_run("dstedc", 1 + 4 * n + n * n, 3 + 5 * n, call)?;
+    Ok(z)
+}
+
+/// Runs a LAPACK routine that takes `WORK`/`LWORK` and `IWORK`/`LIWORK`: first as a workspace
+/// query (`LWORK = LIWORK = −1`), then with the sizes it asked for (at least `min_work` and
+/// `min_iwork`). `call(work, lwork, iwork, liwork, info)` makes the call.
+fn query_then_run<F>(routine: &str, min_work: usize, min_iwork: usize, mut call: F) -> Result<()>
+where
+    F: FnMut(&mut [f64], c_int, &mut [c_int], c_int, &mut c_int),
+{
+    let minus_one: c_int = -1;
+    let mut info: c_int = 0;
+    let mut query = [0.0f64; 1];
+    let mut iquery = [0 as c_int; 1];
     call(&mut query, minus_one, &mut iquery, minus_one, &mut info);
-    lapack_check("dstedc workspace query", info)?;
-    let mut work = vec![0.0f64; work_size(query[0], 1 + 4 * n + n * n)];
-    let mut iwork = vec![0 as c_int; (iquery[0].max(0) as usize).max(3 + 5 * n)];
+    lapack_check(&format!("{routine} workspace query"), info)?;
+    let mut work = vec![0.0f64; work_size(query[0], min_work)];
+    let mut iwork = vec![0 as c_int; (iquery[0].max(0) as usize).max(min_iwork)];
     let (lwork, liwork) = (work.len() as c_int, iwork.len() as c_int);
     call(&mut work, lwork, &mut iwork, liwork, &mut info);
-    lapack_check("dstedc", info)?;
-    Ok(z)
+    lapack_check(routine, info)
 }
 
 /// One solved half: its eigenvalues (ascending) and eigenvectors (column-major, square).
