@@ -179,6 +179,45 @@ fn work_size(reported: f64, min: usize) -> usize {
     (reported.max(0.0) as usize).max(min).max(1)
 }
 
+/// LAPACK `dsytrd` on the symmetric `n × n` column-major matrix `a` (its lower triangle), with
+/// the workspace the blocked code asks for: `QᵀAQ = T`. Returns `T`'s diagonal `d` and subdiagonal
+/// `e` (both of length `n`, `e[n−1] = 0`) and the reflector scalars `tau`; `a` is left holding
+/// the reflectors, as `dormtr` reads them. The caller has checked that `n²` fits a LAPACK integer.
+fn tridiagonalize(a: &mut [f64], n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let nn = n as c_int;
+    let lower = b"L".as_ptr() as *const c_char;
+    let mut d = vec![0.0f64; n];
+    let mut e = vec![0.0f64; n];
+    let mut tau = vec![0.0f64; n.max(2) - 1];
+    let mut info: c_int = 0;
+    // SAFETY (both calls): every pointer refers to a live buffer of at least the size LAPACK
+    // documents for the argument (A: n×n with LDA = n, D: n, E and TAU: n−1, WORK: LWORK
+    // entries, one for the query), and LAPACK keeps none of them.
+    let mut call = |work: &mut [f64], lwork: c_int, info: &mut c_int| unsafe {
+        dsytrd_(
+            lower,
+            &nn,
+            a.as_mut_ptr(),
+            &nn,
+            d.as_mut_ptr(),
+            e.as_mut_ptr(),
+            tau.as_mut_ptr(),
+            work.as_mut_ptr(),
+            &lwork,
+            info,
+        );
+    };
+    let mut query = [0.0f64; 1];
+    call(&mut query, -1, &mut info);
+    lapack_check("dsytrd workspace query", info)?;
+    let mut work = vec![0.0f64; work_size(query[0], n)];
+    let lwork = c_int::try_from(work.len())
+        .map_err(|_| GbtdError::Shape(format!("{n}×{n} eigenproblem too large for LAPACK")))?;
+    call(&mut work, lwork, &mut info);
+    lapack_check("dsytrd", info)?;
+    Ok((d, e, tau))
+}
+
 /// All eigenvalues of the symmetric matrix `g` (`n × n`), in ascending order: LAPACK `dsytrd`
 /// (blocked reduction to tridiagonal form, with the workspace it asks for) and `dsterf`
 /// (eigenvalues of the tridiagonal matrix by the root-free QL/QR method, `O(n²)`). Without
@@ -198,51 +237,11 @@ pub(crate) fn sym_eigenvalues(g: Array2<f64>) -> Result<Vec<f64>> {
         .ok()
         .filter(|_| c_int::try_from(n.saturating_mul(n)).is_ok())
         .ok_or_else(|| GbtdError::Shape(format!("{n}×{n} eigenproblem too large for LAPACK")))?;
-    // Row-major symmetric = column-major symmetric; "L" reads the lower triangle.
+    // Row-major symmetric = column-major symmetric.
     let mut a: Vec<f64> = g.iter().copied().collect();
-    let mut d = vec![0.0f64; n];
-    let mut e = vec![0.0f64; n];
-    let mut tau = vec![0.0f64; n.max(2) - 1];
+    let (mut d, mut e, _tau) = tridiagonalize(&mut a, n)?;
     let mut info: c_int = 0;
-    let mut query = [0.0f64; 1];
-    let minus_one: c_int = -1;
-    let lower = b"L".as_ptr() as *const c_char;
-    // SAFETY: every pointer refers to a live buffer of at least the size LAPACK documents for
-    // the argument (A: n×n with LDA = n, D: n, E and TAU: n−1, WORK: the queried size), and
-    // LAPACK keeps none of them.
-    unsafe {
-        dsytrd_(
-            lower,
-            &nn,
-            a.as_mut_ptr(),
-            &nn,
-            d.as_mut_ptr(),
-            e.as_mut_ptr(),
-            tau.as_mut_ptr(),
-            query.as_mut_ptr(),
-            &minus_one,
-            &mut info,
-        );
-    }
-    lapack_check("dsytrd workspace query", info)?;
-    let mut work = vec![0.0f64; work_size(query[0], n)];
-    let lwork = c_int::try_from(work.len())
-        .map_err(|_| GbtdError::Shape(format!("{n}×{n} eigenproblem too large for LAPACK")))?;
-    unsafe {
-        dsytrd_(
-            lower,
-            &nn,
-            a.as_mut_ptr(),
-            &nn,
-            d.as_mut_ptr(),
-            e.as_mut_ptr(),
-            tau.as_mut_ptr(),
-            work.as_mut_ptr(),
-            &lwork,
-            &mut info,
-        );
-    }
-    lapack_check("dsytrd", info)?;
+    // SAFETY: D and E have length n; LAPACK keeps neither.
     unsafe {
         dsterf_(&nn, d.as_mut_ptr(), e.as_mut_ptr(), &mut info);
     }
@@ -288,51 +287,9 @@ pub fn sym_eig_top<T: Real>(m: &ArrayView2<'_, T>, k: usize) -> Result<(Array1<T
     }
     // The reduction to tridiagonal form is n BLAS-2 steps: threads only pay off for large n.
     let _single = SingleThreadedBlas::for_work((n * n * n) as f64);
-    let ch = |c: &'static [u8]| c.as_ptr() as *const c_char;
-    let nn = n as c_int;
     // Column-major f64 copy (the transpose of a symmetric matrix is itself).
     let mut a: Vec<f64> = m.t().iter().map(|v| v.to_f64_exact()).collect();
-    let mut d = vec![0.0f64; n];
-    let mut e = vec![0.0f64; n];
-    let mut tau = vec![0.0f64; n.max(2) - 1];
-    let mut info: c_int = 0;
-    let mut query = [0.0f64; 1];
-    let minus_one: c_int = -1;
-    // SAFETY (all calls below): every pointer refers to a live buffer of at least the size LAPACK
-    // documents for the argument (A: n×n, D and E: n, TAU: n−1, C: n×k with LDC = n, WORK: the
-    // queried size), and LAPACK keeps none of them.
-    unsafe {
-        dsytrd_(
-            ch(b"L"),
-            &nn,
-            a.as_mut_ptr(),
-            &nn,
-            d.as_mut_ptr(),
-            e.as_mut_ptr(),
-            tau.as_mut_ptr(),
-            query.as_mut_ptr(),
-            &minus_one,
-            &mut info,
-        );
-    }
-    lapack_check("dsytrd workspace query", info)?;
-    let mut work = vec![0.0f64; work_size(query[0], n)];
-    let lwork = work.len() as c_int;
-    unsafe {
-        dsytrd_(
-            ch(b"L"),
-            &nn,
-            a.as_mut_ptr(),
-            &nn,
-            d.as_mut_ptr(),
-            e.as_mut_ptr(),
-            tau.as_mut_ptr(),
-            work.as_mut_ptr(),
-            &lwork,
-            &mut info,
-        );
-    }
-    lapack_check("dsytrd", info)?;
+    let (mut d, mut e, tau) = tridiagonalize(&mut a, n)?;
 
     let (w, mut zk) = tridiagonal_top(&mut d, &mut e, k)?;
     // Back-transformation `Q · Z`: the columns are independent, so large `k` is split into two
