@@ -322,7 +322,7 @@ pub fn btd<T: Real>(x: &ArrayViewD<'_, T>, opts: &BtdOptions<'_, T>) -> Result<B
             prev = Some((als.fac.clone(), als.cores.clone()));
         }
         conv.iterations = sweep;
-        opts.progress.report(sweep, err);
+        opts.progress.sweep(sweep, err)?;
         if conv.push(err, opts.iter.tol) {
             break;
         }

@@ -24,14 +24,31 @@ use crate::options::{Acceleration, Init, IterOptions, Progress, iterative_setter
 use crate::real::Real;
 use crate::tensor::{relative_error, validate_tensor};
 
+/// The ranks of the two channel modes of every term of a collective factorization: `d4*` of the
+/// output mode (mode 0 in PyTorch layout) and `d3*` of the input mode (mode 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelRanks {
+    /// `d4*`, the rank of the output-channel mode.
+    pub out: usize,
+    /// `d3*`, the rank of the input-channel mode.
+    pub input: usize,
+}
+
+impl ChannelRanks {
+    /// `d4* = out`, `d3* = input`.
+    pub fn new(out: usize, input: usize) -> Self {
+        ChannelRanks { out, input }
+    }
+}
+
 /// Options of [`collective_btd`], mirroring [`BtdOptions`] with the modes fixed to the channel
 /// modes `(0, 1)` of the concatenated kernel.
 #[derive(Debug, Clone)]
 pub struct CollectiveOptions<'a, T> {
     /// Number of block terms `R` (the groups of the shared k×k conv).
     pub terms: usize,
-    /// `[d4*, d3*]`: the ranks of the output and input channel modes, in PyTorch mode order.
-    pub rank: Vec<usize>,
+    /// `d4*` and `d3*`: the ranks of the output and input channel modes.
+    pub rank: ChannelRanks,
     /// Iteration count, tolerance and seed.
     pub iter: IterOptions,
     /// Initialisation. [`Init::Given`] takes two matrices: `Â_4 = [A4_0 … A4_{R-1}]` of shape
@@ -44,9 +61,9 @@ pub struct CollectiveOptions<'a, T> {
 }
 
 impl<T> CollectiveOptions<'_, T> {
-    /// `terms` terms of rank `[d4*, d3*]`, SVD initialisation, default iteration settings,
+    /// `terms` terms of ranks `rank`, SVD initialisation, default iteration settings,
     /// line-search acceleration and no progress callback.
-    pub fn new(terms: usize, rank: Vec<usize>) -> Self {
+    pub fn new(terms: usize, rank: ChannelRanks) -> Self {
         CollectiveOptions {
             terms,
             rank,
@@ -248,7 +265,7 @@ pub fn collective_btd<T: Real>(
     let x = ndarray::concatenate(Axis(0), kernels)?;
     let bopts = BtdOptions {
         terms: opts.terms,
-        rank: opts.rank.clone(),
+        rank: vec![opts.rank.out, opts.rank.input],
         modes: Some(vec![0, 1]),
         iter: opts.iter,
         init: opts.init.clone(),

@@ -208,7 +208,7 @@ pub fn parafac<T: Real>(x: &ArrayViewD<'_, T>, opts: &CpOptions<'_, T>) -> Resul
         let inner = last.map_or(0.0, |(m, scaled)| frob_inner(&m.view(), &scaled.view()));
         convergence.iterations += 1;
         let err = rel_error(nx2, inner, model_sq_norm(&grams, &weights));
-        opts.progress.report(convergence.iterations, err);
+        opts.progress.sweep(convergence.iterations, err)?;
         if convergence.push(err, opts.iter.tol) {
             break;
         }

@@ -49,7 +49,13 @@ pub trait Decomposition<T: Real>: fmt::Debug {
     fn named_tensors(&self) -> Vec<(String, ArrayD<T>)>;
 }
 
-/// The decomposition methods of `gbtd decompose --method` and of a factors file's `method` key.
+/// The decomposition methods: `gbtd decompose --method`, `gbtd compress --method`, a factors
+/// file's `method` key and the Python package's functions all name one of these.
+///
+/// For a conv kernel `(out, in, kh, kw)` factorized on its channel modes `[0, 1]` (what `compress`
+/// does), each method is a chain of three convs ([`crate::layers::LayerChain`]) with `R` groups in
+/// the middle and per-term ranks `(r_out, r_in)`: Tucker-2 has `R = 1`, BTD `R = terms`, CP of
+/// rank `K` has `R = K` and `r_out = r_in = 1` ([`Method::chain_dims`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// Tucker (HOOI) on all modes, or on the modes given.
@@ -58,26 +64,71 @@ pub enum Method {
     Tucker2,
     /// CP (PARAFAC) by ALS on all modes.
     Cp,
-    /// Block term decomposition, partial on the channel modes of a conv kernel.
-    Btd,
+    /// Block term decomposition with `terms` block terms, partial on the channel modes of a
+    /// conv kernel.
+    Btd {
+        /// `R`, the number of block terms (the groups of the chain's middle conv).
+        terms: usize,
+    },
 }
 
 impl Method {
-    /// The name used in files and on the command line.
+    /// The name used in files and on the command line: `tucker`, `tucker2`, `cp` or `btd`.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Tucker => "tucker",
             Method::Tucker2 => "tucker2",
             Method::Cp => "cp",
-            Method::Btd => "btd",
+            Method::Btd { .. } => "btd",
         }
     }
 
-    /// Parses `tucker`, `tucker2`, `cp` or `btd`.
-    pub fn parse(s: &str) -> Option<Method> {
-        [Method::Tucker, Method::Tucker2, Method::Cp, Method::Btd]
-            .into_iter()
-            .find(|m| m.as_str() == s)
+    /// Parses `tucker`, `tucker2`, `cp` or `btd`; `btd` gets `terms` block terms (the other
+    /// methods ignore it).
+    pub fn parse(s: &str, terms: usize) -> Option<Method> {
+        match s {
+            "tucker" => Some(Method::Tucker),
+            "tucker2" => Some(Method::Tucker2),
+            "cp" => Some(Method::Cp),
+            "btd" => Some(Method::Btd { terms }),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a block term decomposition (any number of terms).
+    pub fn is_btd(self) -> bool {
+        matches!(self, Method::Btd { .. })
+    }
+
+    /// How many ranks a conv layer compressed by this method takes: 1 (`[K]`) for CP, 2
+    /// (`[r_out, r_in]`, per term for BTD) otherwise.
+    pub fn n_ranks(self) -> usize {
+        match self {
+            Method::Cp => 1,
+            _ => 2,
+        }
+    }
+
+    /// `(R, r_out, r_in)` of the conv-layer chain for a conv kernel compressed with `ranks`
+    /// (`[r_out, r_in]`, or `[K]` for CP): the chain's middle conv has `R` groups of `r_in`
+    /// input and `r_out` output channels.
+    pub fn chain_dims(self, ranks: &[usize]) -> (usize, usize, usize) {
+        match self {
+            Method::Tucker | Method::Tucker2 => (1, ranks[0], ranks[1]),
+            Method::Btd { terms } => (terms, ranks[0], ranks[1]),
+            Method::Cp => (ranks[0], 1, 1),
+        }
+    }
+
+    /// The weights of the chain for a dense conv kernel of `shape` `(out, in, kh, kw)` (any
+    /// trailing spatial modes multiply into `kh·kw`) with `ranks`:
+    /// `R·(r_in·in + r_out·r_in·kh·kw + out·r_out)` with `(R, r_out, r_in)` from
+    /// [`Method::chain_dims`] (CP: `K·(in + kh·kw + out)`).
+    pub fn chain_params(self, shape: &[usize], ranks: &[usize]) -> usize {
+        let (o, i) = (shape[0], shape[1]);
+        let s: usize = shape[2..].iter().product();
+        let (r, ro, ri) = self.chain_dims(ranks);
+        r * (ri * i + ro * ri * s + o * ro)
     }
 }
 

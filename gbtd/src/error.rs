@@ -29,6 +29,9 @@ pub enum GbtdError {
     /// [`crate::options::check_workspace`]; refused before anything large is allocated.
     #[error("too large: {0}")]
     Memory(String),
+    /// A progress callback asked to stop (see [`crate::options::Progress::interruptible`]).
+    #[error("interrupted")]
+    Interrupted,
     /// A LAPACK routine reported a failure.
     #[error("linear algebra failure: {0}")]
     Linalg(String),

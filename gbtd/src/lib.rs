@@ -24,6 +24,7 @@ pub mod cp;
 pub mod decomposition;
 pub mod display;
 pub mod error;
+pub mod fit;
 pub mod formats;
 pub mod generalized;
 pub mod layers;

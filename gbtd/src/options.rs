@@ -14,43 +14,125 @@
 //! Each options type is built with `new(rank…)` and `with_*` setters, for example
 //! `TuckerOptions::new(vec![64, 64]).with_modes(vec![0, 1]).with_progress(&bar)`.
 use std::fmt;
+use std::ops::ControlFlow;
 
 use ndarray::Array2;
 
 use crate::error::{GbtdError, Result};
 use crate::real::Real;
 
-/// An optional progress callback, called after each sweep with the sweep number (from 1) and the
-/// relative error `‖X − X̂‖/‖X‖` after it. The callback takes `&self` (`Fn`), so a progress bar
-/// (whose setters take `&self`) or a closure updating a `Cell`/`RefCell` serves as one.
+/// What a progress callback is told.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event<'e> {
+    /// Sweep `sweep` (from 1) of an iterative decomposition ended with relative error
+    /// `rel_error = ‖X − X̂‖/‖X‖`.
+    Sweep {
+        /// The sweep number, from 1.
+        sweep: usize,
+        /// The relative error after it.
+        rel_error: f64,
+    },
+    /// Layer `index` (from 0) of `count`, named `name`, starts stage `stage` of a whole-model
+    /// compression ([`crate::compress`]).
+    Layer {
+        /// Which pass over the layers.
+        stage: Stage,
+        /// The layer's position, from 0.
+        index: usize,
+        /// The number of layers in this pass.
+        count: usize,
+        /// The layer's name.
+        name: &'e str,
+    },
+}
+
+/// Which pass of a whole-model compression an [`Event::Layer`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading a layer's weight and computing its unfolding spectra (for the rank rule).
+    Spectra,
+    /// Decomposing a layer's weight.
+    Decompose,
+}
+
 #[derive(Clone, Copy, Default)]
-pub struct Progress<'a>(Option<&'a dyn Fn(usize, f64)>);
+enum Callback<'a> {
+    #[default]
+    None,
+    Sweeps(&'a dyn Fn(usize, f64)),
+    Events(&'a dyn Fn(Event<'_>) -> ControlFlow<()>),
+}
+
+/// The progress callback of every long-running function: the decompositions call it after each
+/// sweep ([`Event::Sweep`]), a whole-model compression before each layer ([`Event::Layer`],
+/// and the sweeps of each layer's decomposition). The callback takes `&self` (`Fn`), so a progress
+/// bar (whose setters take `&self`) or a closure updating a `Cell`/`RefCell` serves as one.
+///
+/// A callback made with [`Progress::interruptible`] may stop the computation by returning
+/// [`ControlFlow::Break`]: the function then returns [`GbtdError::Interrupted`] at that point
+/// (between two sweeps, or before a layer), having allocated nothing more. This is how a caller
+/// turns Ctrl-C (or a deadline) into a clean stop.
+#[derive(Clone, Copy, Default)]
+pub struct Progress<'a>(Callback<'a>);
 
 impl<'a> Progress<'a> {
     /// No callback.
     pub fn none() -> Self {
-        Progress(None)
+        Progress(Callback::None)
     }
 
-    /// Calls `f(sweep, rel_error)` after each sweep.
+    /// Calls `f(sweep, rel_error)` after each sweep (and ignores other events).
     pub fn new(f: &'a dyn Fn(usize, f64)) -> Self {
-        Progress(Some(f))
+        Progress(Callback::Sweeps(f))
     }
 
-    /// Reports sweep `sweep` with error `rel_error` to the callback, if any.
-    pub(crate) fn report(&self, sweep: usize, rel_error: f64) {
-        if let Some(f) = self.0 {
-            f(sweep, rel_error);
+    /// Calls `f(event)` for every [`Event`]; `ControlFlow::Break(())` stops the computation with
+    /// [`GbtdError::Interrupted`].
+    pub fn interruptible(f: &'a dyn Fn(Event<'_>) -> ControlFlow<()>) -> Self {
+        Progress(Callback::Events(f))
+    }
+
+    /// Reports sweep `sweep` with error `rel_error`; `Err(Interrupted)` if the callback asks to
+    /// stop.
+    pub(crate) fn sweep(&self, sweep: usize, rel_error: f64) -> Result<()> {
+        match self.0 {
+            Callback::None => Ok(()),
+            Callback::Sweeps(f) => {
+                f(sweep, rel_error);
+                Ok(())
+            }
+            Callback::Events(f) => flow(f(Event::Sweep { sweep, rel_error })),
         }
+    }
+
+    /// Reports that layer `index` of `count` starts `stage`; `Err(Interrupted)` if the callback
+    /// asks to stop.
+    pub(crate) fn layer(&self, stage: Stage, index: usize, count: usize, name: &str) -> Result<()> {
+        match self.0 {
+            Callback::Events(f) => flow(f(Event::Layer {
+                stage,
+                index,
+                count,
+                name,
+            })),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn flow(c: ControlFlow<()>) -> Result<()> {
+    match c {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(GbtdError::Interrupted),
     }
 }
 
 impl fmt::Debug for Progress<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Progress(callback)"
-        } else {
-            "Progress(none)"
+        f.write_str(match self.0 {
+            Callback::None => "Progress(none)",
+            Callback::Sweeps(_) => "Progress(sweeps)",
+            Callback::Events(_) => "Progress(events)",
         })
     }
 }
@@ -93,6 +175,13 @@ macro_rules! iterative_setters {
             /// The same options calling `progress(sweep, rel_error)` after each sweep.
             pub fn with_progress(mut self, progress: &'a dyn Fn(usize, f64)) -> Self {
                 self.progress = $crate::options::Progress::new(progress);
+                self
+            }
+
+            /// The same options with another progress callback (for example an
+            /// [`interruptible`]($crate::options::Progress::interruptible) one).
+            pub fn with_callback(mut self, progress: $crate::options::Progress<'a>) -> Self {
+                self.progress = progress;
                 self
             }
         }

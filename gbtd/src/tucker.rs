@@ -166,13 +166,16 @@ impl<T: Real> Tucker<T> {
 }
 
 /// Truncated HOSVD: `A_i` = the `rank[i]` leading left singular vectors of the unfolding
-/// `X_(modes[i])`, `G = X ×_i A_iᵀ`. `modes = None` factorizes all modes in order.
+/// `X_(modes[i])`, `G = X ×_i A_iᵀ`, with `rank = opts.rank` on `opts.modes` (`None`: all modes
+/// in order). A direct method: the iteration settings, `init` and `progress` of `opts` are not
+/// used.
 ///
 /// Errors: [`GbtdError::Empty`] / [`GbtdError::NonFinite`] for an empty or non-finite `x`,
 /// [`GbtdError::Shape`] for an invalid or repeated mode, [`GbtdError::Rank`] for a rank outside
 /// `1..=d`.
-pub fn hosvd<T: Real>(x: &ArrayViewD<'_, T>, rank: &[usize], modes: Option<&[usize]>) -> Result<Tucker<T>> {
-    let (modes, _) = validate_problem(x, rank, modes)?;
+pub fn hosvd<T: Real>(x: &ArrayViewD<'_, T>, opts: &TuckerOptions<'_, T>) -> Result<Tucker<T>> {
+    let rank = &opts.rank;
+    let (modes, _) = validate_problem(x, rank, opts.modes.as_deref())?;
     let mut xl = InputLayouts::new(x.view());
     let factors = hosvd_factors(&mut xl, rank, &modes)?;
     let core = project(&mut xl, &factors, &modes)?;
@@ -190,12 +193,9 @@ pub fn hosvd<T: Real>(x: &ArrayViewD<'_, T>, rank: &[usize], modes: Option<&[usi
 /// `Y ← Y ×_{modes[i]} A_iᵀ`, starting from `Y = X`; the core is the final `Y`. Cheaper than
 /// [`hosvd`] (each step works on a smaller tensor) with the same error bound. Arguments and
 /// errors as for [`hosvd`].
-pub fn st_hosvd<T: Real>(
-    x: &ArrayViewD<'_, T>,
-    rank: &[usize],
-    modes: Option<&[usize]>,
-) -> Result<Tucker<T>> {
-    let (modes, _) = validate_problem(x, rank, modes)?;
+pub fn st_hosvd<T: Real>(x: &ArrayViewD<'_, T>, opts: &TuckerOptions<'_, T>) -> Result<Tucker<T>> {
+    let rank = &opts.rank;
+    let (modes, _) = validate_problem(x, rank, opts.modes.as_deref())?;
     let nx2 = sq_norm(x);
     let mut y = Laid::natural(x.view());
     let mut factors = Vec::with_capacity(modes.len());
@@ -316,7 +316,7 @@ pub fn tucker<T: Real>(x: &ArrayViewD<'_, T>, opts: &TuckerOptions<'_, T>) -> Re
                 };
                 convergence.iterations += 1;
                 let err = rel_error_from_core(nx2, g2);
-                opts.progress.report(convergence.iterations, err);
+                opts.progress.sweep(convergence.iterations, err)?;
                 stop = convergence.push(err, opts.iter.tol) || sweep + 1 == opts.iter.n_iter_max;
                 if stop {
                     core = Some(y.ttm_t(modes[i], &factors[i].view())?.into_natural());

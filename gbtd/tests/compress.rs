@@ -209,6 +209,23 @@ fn check_small_run(method: &str, terms: usize, extra: &[&str], want_ranks: &[usi
     write_model(&input, &model);
     let out = d.join(format!("{tag}.safetensors"));
     let csv = d.join(format!("{tag}.csv"));
+    // Positions per sample as a forward pass would record them: `a` has stride 2 on a 10×10
+    // input (10·10 in, 5·5 out), the others stride 1.
+    let positions = |name: &str| -> (u64, u64) {
+        match name {
+            "a" => (100, 25),
+            _ => (100, 100),
+        }
+    };
+    let info = d.join("info.json");
+    std::fs::write(
+        &info,
+        r#"{"format": "gbtd.layer_info", "version": 1, "layers": {
+            "a": {"groups": 1, "input_positions": 100, "output_positions": 25},
+            "b": {"input_positions": 100, "output_positions": 100},
+            "h": {"input_positions": 100, "output_positions": 100}}}"#,
+    )
+    .unwrap();
     let mut args = vec![
         "compress",
         s(&input),
@@ -219,8 +236,8 @@ fn check_small_run(method: &str, terms: usize, extra: &[&str], want_ranks: &[usi
         "--report",
         s(&csv),
         "--json",
-        "--input-size",
-        "10",
+        "--layer-info",
+        s(&info),
         "--max-iter",
         "20",
     ];
@@ -257,9 +274,17 @@ fn check_small_run(method: &str, terms: usize, extra: &[&str], want_ranks: &[usi
         let after = (r * ri * i + r * ro * ri * kh * kw + o * r * ro) as u64;
         assert_eq!(uint(&l["params_before"]), before, "{tag} {name}");
         assert_eq!(uint(&l["params_after"]), after, "{tag} {name}");
-        assert_eq!(uint(&l["macs_before"]), before * 100, "{tag} {name}");
-        assert_eq!(uint(&l["macs_after"]), after * 100, "{tag} {name}");
+        // The 1×1 reduce conv runs at the input positions, the other two at the output ones.
+        let (pin, pout) = positions(name);
+        let reduce = (r * ri * i) as u64;
+        assert_eq!(uint(&l["macs_before"]), before * pout, "{tag} {name}");
+        assert_eq!(
+            uint(&l["macs_after"]),
+            reduce * pin + (after - reduce) * pout,
+            "{tag} {name}"
+        );
         assert_eq!(uint(&l["groups"]) as usize, r);
+        assert_eq!(uint(&l["conv_groups"]), 1);
         before_total += before;
         after_total += after;
         // The written chain: shapes of the table, the dtype rule, and the kernel it computes.
@@ -349,7 +374,7 @@ fn check_small_run(method: &str, terms: usize, extra: &[&str], want_ranks: &[usi
         .map(|k| (k["tensor"].as_str().unwrap(), k["reason"].as_str().unwrap()))
         .collect();
     assert!(skipped["dw.weight"].contains("depthwise"), "{skipped:?}");
-    assert!(skipped["fc.weight"].contains("not a 4-D"), "{skipped:?}");
+    assert!(skipped["fc.weight"].contains("linear layers"), "{skipped:?}");
     assert!(
         skipped["bn.num_batches_tracked"].contains("not floating point"),
         "{skipped:?}"

@@ -635,7 +635,7 @@ fn factor_files_follow_the_documented_layout_for_every_method() {
         (Method::Tucker2, Box::new(tucker(&xv, &tk).unwrap())),
         (Method::Tucker, Box::new(tucker(&xv, &full).unwrap())),
         (Method::Cp, Box::new(parafac(&xv, &cpo).unwrap())),
-        (Method::Btd, Box::new(btd(&xv, &bo).unwrap())),
+        (Method::Btd { terms: 2 }, Box::new(btd(&xv, &bo).unwrap())),
     ];
     for (method, d) in cases {
         let p = dir.path().join(format!("{method}.safetensors"));
@@ -676,7 +676,7 @@ fn factor_files_follow_the_documented_layout_for_every_method() {
                         .sum();
                 }
             }
-            Method::Btd => {
+            Method::Btd { .. } => {
                 assert_eq!(meta["modes"], "[0,1]");
                 assert_eq!(meta["ranks"], "[2,2]");
                 assert_eq!(meta["terms"], "2");
@@ -912,9 +912,9 @@ fn invalid_factor_files_are_rejected_with_typed_errors() {
     repeated.modes = vec![0, 0, 2];
     let refused: Vec<(Method, Box<dyn Decomposition<f64>>)> = vec![
         (Method::Cp, Box::new(t.clone())),
-        (Method::Btd, Box::new(t.clone())),
+        (Method::Btd { terms: 1 }, Box::new(t.clone())),
         (Method::Tucker, Box::new(wrong_rows)),
-        (Method::Btd, Box::new(uneven)),
+        (Method::Btd { terms: 2 }, Box::new(uneven)),
         (Method::Tucker, Box::new(repeated)),
     ];
     for (method, decomposition) in refused {

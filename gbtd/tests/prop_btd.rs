@@ -222,7 +222,7 @@ proptest! {
         let noise = randn::<f64>(&dims, &mut rng(seed ^ 1));
         let scale = 0.1 * gbtd::norm(&x.view()) / gbtd::norm(&noise.view());
         x.scaled_add(scale, &noise);
-        let init = hosvd(&x.view(), &rank, Some(&modes)).unwrap().factors;
+        let init = hosvd(&x.view(), &TuckerOptions::new(rank.to_vec()).with_modes(modes.to_vec())).unwrap().factors;
         let t = tucker(&x.view(), &TuckerOptions::new(rank.clone())
             .with_modes(modes.clone())
             .with_iter(iter(200, 1e-14, 0))

@@ -4,7 +4,7 @@
 //! simple tied-factor baseline computed here; plus parameter counts and errors.
 use gbtd::GbtdError;
 use gbtd::btd::{BlockTerm, Btd, BtdOptions, btd};
-use gbtd::collective::{Collective, CollectiveOptions, collective_btd};
+use gbtd::collective::{ChannelRanks, Collective, CollectiveOptions, collective_btd};
 use gbtd::options::{Init, IterOptions};
 use gbtd::random::{randn, randn2, rng};
 use gbtd::relative_error;
@@ -163,7 +163,7 @@ proptest! {
         let kernels: Vec<ArrayD<f64>> = outs.iter().map(|&d4| randn(&[d4, d3, k, k], &mut g)).collect();
         let views: Vec<ArrayViewD<'_, f64>> = kernels.iter().map(|x| x.view()).collect();
         let (d4s, d3s) = (1 + seed as usize % 2, 1 + (seed as usize / 2) % 3);
-        let opts = CollectiveOptions::new(r, vec![d4s, d3s]).with_iter(iter(5, 0.0, seed));
+        let opts = CollectiveOptions::new(r, ChannelRanks::new(d4s, d3s)).with_iter(iter(5, 0.0, seed));
         let c = collective_btd(&views, &opts).unwrap();
         prop_assert_eq!(&c.out_channels, &outs);
         prop_assert_eq!(c.btd.shape.clone(), vec![outs.iter().sum::<usize>(), d3, k, k]);
@@ -217,7 +217,7 @@ proptest! {
         let mut best = None;
         for start in 0..4u64 {
             let init = if start == 0 { Init::Svd } else { Init::Random };
-            let opts = CollectiveOptions::new(r, vec![rank.0, rank.1])
+            let opts = CollectiveOptions::new(r, ChannelRanks::new(rank.0, rank.1))
                 .with_iter(iter(2000, 1e-15, start))
                 .with_init(init);
             let c = collective_btd(&views, &opts).unwrap();
@@ -269,7 +269,7 @@ proptest! {
         };
         let baseline = tied_hosvd_baseline_error(&kernels, r, (d4s, d3s));
         let views: Vec<ArrayViewD<'_, f64>> = kernels.iter().map(|x| x.view()).collect();
-        let opts = CollectiveOptions::new(r, vec![d4s, d3s]).with_iter(iter(20, 0.0, seed));
+        let opts = CollectiveOptions::new(r, ChannelRanks::new(d4s, d3s)).with_iter(iter(20, 0.0, seed));
         let c = collective_btd(&views, &opts).unwrap();
         let xp = ndarray::concatenate(Axis(0), &views).unwrap();
         let fit = relative_error(&xp.view(), &c.btd.reconstruct().unwrap().view()).unwrap();
@@ -286,7 +286,11 @@ proptest! {
 fn collective_of_one_kernel_is_its_btd() {
     let x = randn::<f64>(&[6, 5, 3, 3], &mut rng(4));
     let it = iter(6, 0.0, 3);
-    let c = collective_btd(&[x.view()], &CollectiveOptions::new(2, vec![2, 2]).with_iter(it)).unwrap();
+    let c = collective_btd(
+        &[x.view()],
+        &CollectiveOptions::new(2, ChannelRanks::new(2, 2)).with_iter(it),
+    )
+    .unwrap();
     let b = btd(
         &x.view(),
         &BtdOptions::new(2, vec![2, 2])
@@ -306,7 +310,7 @@ fn collective_accepts_given_factors_and_rejects_bad_ones() {
     let views: Vec<ArrayViewD<'_, f64>> = kernels.iter().map(|x| x.view()).collect();
     let mut g = rng(1);
     let good = vec![randn2::<f64>(9, 4, &mut g), randn2::<f64>(6, 4, &mut g)];
-    let opts = CollectiveOptions::new(2, vec![2, 2]).with_iter(iter(3, 0.0, 0));
+    let opts = CollectiveOptions::new(2, ChannelRanks::new(2, 2)).with_iter(iter(3, 0.0, 0));
     assert!(collective_btd(&views, &opts.clone().with_init(Init::Given(good))).is_ok());
     let bad = vec![randn2::<f64>(4, 4, &mut g), randn2::<f64>(6, 4, &mut g)];
     assert!(matches!(
@@ -320,7 +324,7 @@ fn collective_rejects_bad_input_with_typed_errors() {
     let mut g = rng(2);
     let a = randn::<f64>(&[4, 5, 3, 3], &mut g);
     let b = randn::<f64>(&[3, 5, 3, 3], &mut g);
-    let opts = CollectiveOptions::<f64>::new(2, vec![2, 2]).with_iter(iter(3, 0.0, 0));
+    let opts = CollectiveOptions::<f64>::new(2, ChannelRanks::new(2, 2)).with_iter(iter(3, 0.0, 0));
     assert!(matches!(
         collective_btd::<f64>(&[], &opts),
         Err(GbtdError::Empty(_))
@@ -351,12 +355,12 @@ fn collective_rejects_bad_input_with_typed_errors() {
         collective_btd(&[a.view(), empty.view()], &opts),
         Err(GbtdError::Empty(_))
     ));
-    let rank_too_big = CollectiveOptions::new(2, vec![2, 6]);
+    let rank_too_big = CollectiveOptions::new(2, ChannelRanks::new(2, 6));
     assert!(matches!(
         collective_btd(&[a.view(), b.view()], &rank_too_big),
         Err(GbtdError::Rank(_))
     ));
-    let no_terms = CollectiveOptions::new(0, vec![2, 2]);
+    let no_terms = CollectiveOptions::new(0, ChannelRanks::new(2, 2));
     assert!(matches!(
         collective_btd(&[a.view(), b.view()], &no_terms),
         Err(GbtdError::Rank(_))

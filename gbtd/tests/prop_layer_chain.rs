@@ -6,7 +6,7 @@
 use gbtd::Decomposition;
 use gbtd::GbtdError;
 use gbtd::btd::{BlockTerm, Btd, BtdOptions, btd};
-use gbtd::collective::{CollectiveOptions, collective_btd};
+use gbtd::collective::{ChannelRanks, CollectiveOptions, collective_btd};
 use gbtd::cp::{CpOptions, parafac};
 use gbtd::generalized::{ConvGeometry, GeneralizedBtd, Sigma};
 use gbtd::layers::{LayerChain, paper_from_torch, torch_from_paper};
@@ -298,7 +298,7 @@ fn tucker2_chain_equals_dense_convolution_and_round_trips() {
     assert!(max_rel_diff(&t2.reconstruct().unwrap().view(), &want.view()) < 1e-12);
 
     // A full Tucker (spatial modes factorized too) folds its spatial factors into the core.
-    let full = gbtd::tucker::hosvd(&x.view(), &[3, 2, 2, 3], None).unwrap();
+    let full = gbtd::tucker::hosvd(&x.view(), &TuckerOptions::new(vec![3, 2, 2, 3])).unwrap();
     let chain = LayerChain::from_tucker(&full).unwrap();
     assert!(
         max_rel_diff(
@@ -392,7 +392,7 @@ fn collective_chains_share_layers_and_round_trip() {
     let views: Vec<ArrayViewD<'_, f64>> = kernels.iter().map(|k| k.view()).collect();
     let c = collective_btd(
         &views,
-        &CollectiveOptions::new(2, vec![2, 2]).with_iter(IterOptions {
+        &CollectiveOptions::new(2, ChannelRanks::new(2, 2)).with_iter(IterOptions {
             n_iter_max: 4,
             tol: 0.0,
             seed: 0,

@@ -91,8 +91,8 @@ proptest! {
         let modes: Vec<usize> = (0..shape.len()).collect();
         let full = shape.clone();
         for t in [
-            hosvd(&x.view(), &full, None).unwrap(),
-            st_hosvd(&x.view(), &full, None).unwrap(),
+            hosvd(&x.view(), &TuckerOptions::new(full.to_vec())).unwrap(),
+            st_hosvd(&x.view(), &TuckerOptions::new(full.to_vec())).unwrap(),
             tucker(&x.view(), &TuckerOptions { iter: iter(2, seed), ..TuckerOptions::new(full.clone()) }).unwrap(),
         ] {
             let err = check_structure(&t, &x, &full, &modes);
@@ -104,7 +104,7 @@ proptest! {
     fn hosvd_error_is_bounded_by_discarded_singular_values((shape, rank, seed) in shape_rank_seed()) {
         let x = gaussian(&shape, seed);
         let modes: Vec<usize> = (0..shape.len()).collect();
-        let t = hosvd(&x.view(), &rank, None).unwrap();
+        let t = hosvd(&x.view(), &TuckerOptions::new(rank.to_vec())).unwrap();
         let err = check_structure(&t, &x, &rank, &modes);
         let bound = discarded_energy(&x, &rank, &modes);
         let lhs = err * err * sq_norm(&x);
@@ -115,7 +115,7 @@ proptest! {
     fn st_hosvd_error_is_bounded_by_discarded_singular_values((shape, rank, seed) in shape_rank_seed()) {
         let x = gaussian(&shape, seed);
         let modes: Vec<usize> = (0..shape.len()).collect();
-        let t = st_hosvd(&x.view(), &rank, None).unwrap();
+        let t = st_hosvd(&x.view(), &TuckerOptions::new(rank.to_vec())).unwrap();
         let err = check_structure(&t, &x, &rank, &modes);
         let bound = discarded_energy(&x, &rank, &modes);
         let lhs = err * err * sq_norm(&x);
@@ -126,7 +126,7 @@ proptest! {
     fn hooi_error_never_exceeds_hosvd_error((shape, rank, seed) in shape_rank_seed(), sweeps in 1usize..=6) {
         let x = gaussian(&shape, seed);
         let modes: Vec<usize> = (0..shape.len()).collect();
-        let h = hosvd(&x.view(), &rank, None).unwrap();
+        let h = hosvd(&x.view(), &TuckerOptions::new(rank.to_vec())).unwrap();
         let h_err = relative_error(&x.view(), &h.reconstruct().unwrap().view()).unwrap();
         let t = tucker(&x.view(), &TuckerOptions { iter: iter(sweeps, seed), ..TuckerOptions::new(rank.clone()) }).unwrap();
         let t_err = check_structure(&t, &x, &rank, &modes);
@@ -392,7 +392,7 @@ fn random_and_given_initialisations_are_deterministic() {
     );
     // Given factors are used through their column spaces: scaled HOSVD factors reproduce the
     // SVD-initialised run exactly.
-    let h = hosvd(&x.view(), &rank, None).unwrap();
+    let h = hosvd(&x.view(), &TuckerOptions::new(rank.to_vec())).unwrap();
     let scaled: Vec<Array2<f64>> = h.factors.iter().map(|f| f * 3.0).collect();
     let given = tucker(
         &x.view(),
@@ -499,16 +499,22 @@ fn tucker_rejects_bad_input_with_typed_errors() {
         "no modes"
     );
     assert!(matches!(
-        hosvd(&xv, &[2, 2], Some(&[1, 1])),
+        hosvd(&xv, &TuckerOptions::new(vec![2, 2]).with_modes(vec![1, 1])),
         Err(GbtdError::Mode(_))
     ));
-    assert!(matches!(hosvd(&xv, &[4, 4, 2], None), Err(GbtdError::Rank(_))));
-    assert!(matches!(st_hosvd(&xv, &[0, 1, 1], None), Err(GbtdError::Rank(_))));
+    assert!(matches!(
+        hosvd(&xv, &TuckerOptions::new(vec![4, 4, 2])),
+        Err(GbtdError::Rank(_))
+    ));
+    assert!(matches!(
+        st_hosvd(&xv, &TuckerOptions::new(vec![0, 1, 1])),
+        Err(GbtdError::Rank(_))
+    ));
 
     let mut nan = x.clone();
     nan[[1, 1, 1]] = f64::NAN;
     assert!(matches!(
-        hosvd(&nan.view(), &[2, 2, 2], None),
+        hosvd(&nan.view(), &TuckerOptions::new(vec![2, 2, 2])),
         Err(GbtdError::NonFinite(_))
     ));
     let mut inf = x.clone();
@@ -524,7 +530,7 @@ fn tucker_rejects_bad_input_with_typed_errors() {
     ));
     let scalar = ArrayD::<f64>::zeros(IxDyn(&[]));
     assert!(matches!(
-        st_hosvd(&scalar.view(), &[], None),
+        st_hosvd(&scalar.view(), &TuckerOptions::new(vec![])),
         Err(GbtdError::Empty(_))
     ));
 
@@ -621,7 +627,7 @@ fn sym_eig_top_and_gram_match_reference_lapack() {
 #[test]
 fn zero_sweeps_give_the_hosvd() {
     let x = gaussian(&[6, 7, 5], 13);
-    let h = hosvd(&x.view(), &[3, 4, 2], None).unwrap();
+    let h = hosvd(&x.view(), &TuckerOptions::new(vec![3, 4, 2])).unwrap();
     let t = tucker(
         &x.view(),
         &TuckerOptions {

@@ -6,10 +6,11 @@
 mod common;
 
 use common::{config, gaussian, gaussian2, python_npy};
+use gbtd::Method;
 use gbtd::ranks::{
-    LayerSpectra, Override, Overrides, ParamModel, RankChoice, RankRule, choose_ranks, estimated_sq_error,
-    vbmf_rank,
+    LayerSpectra, Override, Overrides, RankChoice, RankRule, choose_ranks, estimated_sq_error, vbmf_rank,
 };
+use gbtd::tucker::TuckerOptions;
 use gbtd::{mode_dot, relative_error};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use proptest::prelude::*;
@@ -102,7 +103,7 @@ for k in range(5):
         let got = |rule: &RankRule| match &choose_ranks(
             rule,
             std::slice::from_ref(&sp),
-            &ParamModel::Tucker2,
+            Method::Tucker2,
             &Overrides::empty(),
         )
         .unwrap()[0]
@@ -178,7 +179,7 @@ for k in range(5):
             let c = choose_ranks(
                 &RankRule::Ratio(x),
                 std::slice::from_ref(&sp),
-                &ParamModel::Cp,
+                Method::Cp,
                 &Overrides::empty(),
             )
             .unwrap();
@@ -363,24 +364,18 @@ fn vbmf_on_a_noisy_tucker_kernel_finds_its_multilinear_ranks() {
     let noisy = &clean + &(gaussian(&[32, 24, 3, 3], 10) * 0.05);
     let layers = [spectra("noisy", &noisy), spectra("clean", &clean)];
     let none = Overrides::empty();
-    let v = choose_ranks(&RankRule::Vbmf, &layers[..1], &ParamModel::Tucker2, &none).unwrap();
+    let v = choose_ranks(&RankRule::Vbmf, &layers[..1], Method::Tucker2, &none).unwrap();
     assert_eq!(v[0], RankChoice::Ranks(vec![6, 4]));
-    let e = choose_ranks(&RankRule::Energy(1.0), &layers[1..], &ParamModel::Tucker2, &none).unwrap();
+    let e = choose_ranks(&RankRule::Energy(1.0), &layers[1..], Method::Tucker2, &none).unwrap();
     assert_eq!(e[0], RankChoice::Ranks(vec![6, 4]));
     // BTD with 2 terms: ⌈6/2⌉, ⌈4/2⌉ per term; CP: max(6, 4).
-    let b = choose_ranks(
-        &RankRule::Vbmf,
-        &layers[..1],
-        &ParamModel::Btd { terms: 2 },
-        &none,
-    )
-    .unwrap();
+    let b = choose_ranks(&RankRule::Vbmf, &layers[..1], Method::Btd { terms: 2 }, &none).unwrap();
     assert_eq!(b[0], RankChoice::Ranks(vec![3, 2]));
-    let c = choose_ranks(&RankRule::Vbmf, &layers[..1], &ParamModel::Cp, &none).unwrap();
+    let c = choose_ranks(&RankRule::Vbmf, &layers[..1], Method::Cp, &none).unwrap();
     assert_eq!(c[0], RankChoice::Ranks(vec![6]));
     // Pure noise: nothing retained, so the layer is skipped with the reason.
     let noise = spectra("noise", &gaussian(&[32, 24, 3, 3], 11));
-    match &choose_ranks(&RankRule::Vbmf, &[noise], &ParamModel::Tucker2, &none).unwrap()[0] {
+    match &choose_ranks(&RankRule::Vbmf, &[noise], Method::Tucker2, &none).unwrap()[0] {
         RankChoice::Skip(why) => assert!(why.contains("vbmf retains no component"), "{why}"),
         other => panic!("pure noise: {other:?}"),
     }
@@ -404,18 +399,18 @@ fn budget_layers() -> (Vec<ArrayD<f64>>, Vec<LayerSpectra>) {
     (xs, sp)
 }
 
-fn chain_total(layers: &[LayerSpectra], model: &ParamModel, choices: &[RankChoice]) -> usize {
+fn chain_total(layers: &[LayerSpectra], model: Method, choices: &[RankChoice]) -> usize {
     layers
         .iter()
         .zip(choices)
         .map(|(l, c)| match c {
-            RankChoice::Ranks(r) => model.params(&l.shape, r),
+            RankChoice::Ranks(r) => model.chain_params(&l.shape, r),
             RankChoice::Skip(_) => l.shape.iter().product(),
         })
         .sum()
 }
 
-fn total_sq_error(layers: &[LayerSpectra], model: &ParamModel, choices: &[RankChoice]) -> f64 {
+fn total_sq_error(layers: &[LayerSpectra], model: Method, choices: &[RankChoice]) -> f64 {
     layers
         .iter()
         .zip(choices)
@@ -435,21 +430,21 @@ fn budget_stays_within_budget_and_beats_uniform_ratio() {
     let before: usize = layers.iter().map(|l| l.shape.iter().product::<usize>()).sum();
     let none = Overrides::empty();
     for f in [0.15, 0.3, 0.5] {
-        let model = ParamModel::Tucker2;
-        let greedy = choose_ranks(&RankRule::Budget(f), &layers, &model, &none).unwrap();
-        let total = chain_total(&layers, &model, &greedy);
+        let model = Method::Tucker2;
+        let greedy = choose_ranks(&RankRule::Budget(f), &layers, model, &none).unwrap();
+        let total = chain_total(&layers, model, &greedy);
         assert!(
             total as f64 <= f * before as f64,
             "budget:{f}: {total} > {f}·{before}"
         );
-        let uniform = choose_ranks(&RankRule::Ratio(1.0 / f), &layers, &model, &none).unwrap();
+        let uniform = choose_ranks(&RankRule::Ratio(1.0 / f), &layers, model, &none).unwrap();
         assert!(
             uniform.iter().all(|c| matches!(c, RankChoice::Ranks(_))),
             "{uniform:?}"
         );
         let (eg, eu) = (
-            total_sq_error(&layers, &model, &greedy),
-            total_sq_error(&layers, &model, &uniform),
+            total_sq_error(&layers, model, &greedy),
+            total_sq_error(&layers, model, &uniform),
         );
         assert!(eg < 0.9 * eu, "budget:{f}: greedy Σε² {eg} vs uniform {eu}");
         // The rank-(3, 3) layer needs no more than ranks 3 to be (almost) exact.
@@ -457,9 +452,10 @@ fn budget_stays_within_budget_and_beats_uniform_ratio() {
         assert!(r0[0] >= 3 && r0[1] >= 3, "{r0:?}");
         for ((x, l), c) in xs.iter().zip(&layers).zip(&greedy) {
             let RankChoice::Ranks(r) = c else { continue };
-            let t = gbtd::tucker::hosvd(&x.view(), r, Some(&[0, 1])).unwrap();
+            let t = gbtd::tucker::hosvd(&x.view(), &TuckerOptions::new(r.to_vec()).with_modes(vec![0, 1]))
+                .unwrap();
             let e = relative_error(&x.view(), &t.reconstruct().unwrap().view()).unwrap();
-            let est = estimated_sq_error(l, &model, r);
+            let est = estimated_sq_error(l, model, r);
             assert!(
                 e * e <= est * (1.0 + 1e-9) + 1e-15,
                 "{}: HOSVD ε² {} > estimate {est}",
@@ -468,14 +464,14 @@ fn budget_stays_within_budget_and_beats_uniform_ratio() {
             );
         }
     }
-    for model in [ParamModel::Btd { terms: 2 }, ParamModel::Cp] {
-        let c = choose_ranks(&RankRule::Budget(0.3), &layers, &model, &none).unwrap();
+    for model in [Method::Btd { terms: 2 }, Method::Cp] {
+        let c = choose_ranks(&RankRule::Budget(0.3), &layers, model, &none).unwrap();
         assert!(
-            chain_total(&layers, &model, &c) as f64 <= 0.3 * before as f64,
+            chain_total(&layers, model, &c) as f64 <= 0.3 * before as f64,
             "{model:?}"
         );
     }
-    let e = choose_ranks(&RankRule::Budget(0.001), &layers, &ParamModel::Tucker2, &none).unwrap_err();
+    let e = choose_ranks(&RankRule::Budget(0.001), &layers, Method::Tucker2, &none).unwrap_err();
     assert!(e.to_string().contains("raise the fraction"), "{e}");
 }
 
@@ -484,28 +480,21 @@ fn budget_stays_within_budget_and_beats_uniform_ratio() {
 #[test]
 fn skips_say_why_and_overrides_apply() {
     let none = Overrides::empty();
-    let t2 = ParamModel::Tucker2;
-    let skip = |x: ArrayD<f64>, rule: &str, model: &ParamModel| -> String {
+    let t2 = Method::Tucker2;
+    let skip = |x: ArrayD<f64>, rule: &str, model: Method| -> String {
         match &choose_ranks(&rule.parse().unwrap(), &[spectra("l", &x)], model, &none).unwrap()[0] {
             RankChoice::Skip(why) => why.clone(),
             other => panic!("{rule}: expected a skip, got {other:?}"),
         }
     };
-    assert!(skip(gaussian(&[16, 1, 3, 3], 1), "energy:0.5", &t2).contains("depthwise"));
-    assert!(skip(gaussian(&[16, 1, 3, 3], 1), "fixed:4", &ParamModel::Cp).contains("depthwise"));
-    assert!(skip(gaussian(&[4, 4, 1, 1], 2), "energy:1", &t2).contains("full dimensions"));
-    assert!(skip(gaussian(&[8, 8, 1, 1], 3), "fixed:6,6", &t2).contains("not fewer than the kernel's 64"));
-    assert!(
-        skip(
-            gaussian(&[2, 8, 3, 3], 4),
-            "energy:0.9",
-            &ParamModel::Btd { terms: 3 }
-        )
-        .contains("do not fit")
-    );
-    assert!(skip(ArrayD::zeros(IxDyn(&[4, 4, 3, 3])), "energy:0.9", &t2).contains("all-zero"));
-    assert!(skip(gaussian(&[8, 8, 3], 5), "energy:0.9", &t2).contains("not a 4-D"));
-    assert!(skip(gaussian(&[8, 8, 1, 1], 6), "ratio:100", &t2).contains("even ranks [1, 1]"));
+    assert!(skip(gaussian(&[16, 1, 3, 3], 1), "energy:0.5", t2).contains("depthwise"));
+    assert!(skip(gaussian(&[16, 1, 3, 3], 1), "fixed:4", Method::Cp).contains("depthwise"));
+    assert!(skip(gaussian(&[4, 4, 1, 1], 2), "energy:1", t2).contains("full dimensions"));
+    assert!(skip(gaussian(&[8, 8, 1, 1], 3), "fixed:6,6", t2).contains("not fewer than the kernel's 64"));
+    assert!(skip(gaussian(&[2, 8, 3, 3], 4), "energy:0.9", Method::Btd { terms: 3 }).contains("do not fit"));
+    assert!(skip(ArrayD::zeros(IxDyn(&[4, 4, 3, 3])), "energy:0.9", t2).contains("all-zero"));
+    assert!(skip(gaussian(&[8, 8, 3], 5), "energy:0.9", t2).contains("not a 4-D"));
+    assert!(skip(gaussian(&[8, 8, 1, 1], 6), "ratio:100", t2).contains("even ranks [1, 1]"));
 
     let x = [
         gaussian(&[16, 12, 3, 3], 7),
@@ -517,31 +506,31 @@ fn skips_say_why_and_overrides_apply() {
         .zip(&x)
         .map(|(n, x)| spectra(n, x))
         .collect();
-    let e = choose_ranks(&RankRule::Fixed(vec![4]), &layers, &t2, &none)
+    let e = choose_ranks(&RankRule::Fixed(vec![4]), &layers, t2, &none)
         .unwrap_err()
         .to_string();
     assert!(e.contains("layer a") && e.contains("needs 2"), "{e}");
     let bad = LayerSpectra::of("m", &x[0].view(), &[0, 2]).unwrap();
-    assert!(choose_ranks(&RankRule::Vbmf, &[bad], &t2, &none).is_err());
+    assert!(choose_ranks(&RankRule::Vbmf, &[bad], t2, &none).is_err());
 
     let o = Overrides::from_json_str(r#"{"a": "fixed:3,2", "b": "skip", "zzz": "vbmf"}"#).unwrap();
     assert_eq!(o.get("a"), Some(&Override::Rule(RankRule::Fixed(vec![3, 2]))));
     assert_eq!(o.unmatched(&["a", "b", "c"]), vec!["zzz"]);
-    let c = choose_ranks(&RankRule::Fixed(vec![5, 5]), &layers, &t2, &o).unwrap();
+    let c = choose_ranks(&RankRule::Fixed(vec![5, 5]), &layers, t2, &o).unwrap();
     assert_eq!(c[0], RankChoice::Ranks(vec![3, 2]));
     assert!(matches!(&c[1], RankChoice::Skip(w) if w.contains("overrides")));
     assert_eq!(c[2], RankChoice::Ranks(vec![5, 5]));
     // With a budget, the overridden layers are outside it: the budget covers layer c alone.
-    let c = choose_ranks(&RankRule::Budget(0.2), &layers, &t2, &o).unwrap();
+    let c = choose_ranks(&RankRule::Budget(0.2), &layers, t2, &o).unwrap();
     assert_eq!(c[0], RankChoice::Ranks(vec![3, 2]));
     let rc = ranks_of(&c[2]);
     assert!(
-        t2.params(&layers[2].shape, &rc) as f64 <= 0.2 * (16 * 12 * 9) as f64,
+        t2.chain_params(&layers[2].shape, &rc) as f64 <= 0.2 * (16 * 12 * 9) as f64,
         "{rc:?}"
     );
 }
 
-/// `ParamModel::params` is the parameter count of the layer chain `gbtd::layers::LayerChain`
+/// `Method::params` is the parameter count of the layer chain `gbtd::layers::LayerChain`
 /// builds from a decomposition with those ranks (what the compressed checkpoint holds).
 #[test]
 fn param_model_counts_the_chain_that_layers_builds() {
@@ -561,7 +550,7 @@ fn param_model_counts_the_chain_that_layers_builds() {
         };
         let chain = LayerChain::from_tucker(&t).unwrap();
         assert_eq!(
-            ParamModel::Tucker2.params(&shape, &[ro, ri]),
+            Method::Tucker2.chain_params(&shape, &[ro, ri]),
             chain.n_params(),
             "tucker2 {ro},{ri}"
         );
@@ -578,9 +567,9 @@ fn param_model_counts_the_chain_that_layers_builds() {
                 convergence: Convergence::default(),
             };
             let chain = LayerChain::from_btd(&b).unwrap();
-            let model = ParamModel::Btd { terms };
+            let model = Method::Btd { terms };
             assert_eq!(
-                model.params(&shape, &[ro, ri]),
+                model.chain_params(&shape, &[ro, ri]),
                 chain.n_params(),
                 "btd {terms}×{ro},{ri}"
             );
@@ -597,7 +586,7 @@ fn param_model_counts_the_chain_that_layers_builds() {
             convergence: Convergence::default(),
         };
         let chain = LayerChain::from_cp(&c).unwrap();
-        assert_eq!(ParamModel::Cp.params(&shape, &[r]), chain.n_params(), "cp {r}");
+        assert_eq!(Method::Cp.chain_params(&shape, &[r]), chain.n_params(), "cp {r}");
     }
 }
 
@@ -613,7 +602,7 @@ fn vbmf_reproduces_the_published_uniform_integer_example() {
         let mut rng = gbtd::random::rng(seed);
         let x = ArrayD::from_shape_fn(IxDyn(&[64, 32, 3, 3]), |_| rng.random_range(0..100u32) as f64);
         let sp = spectra("conv", &x);
-        let c = choose_ranks(&RankRule::Vbmf, &[sp], &ParamModel::Tucker2, &Overrides::empty()).unwrap();
+        let c = choose_ranks(&RankRule::Vbmf, &[sp], Method::Tucker2, &Overrides::empty()).unwrap();
         assert_eq!(c[0], RankChoice::Ranks(vec![1, 1]), "seed {seed}");
     }
 }
@@ -641,7 +630,7 @@ fn budget_on_flat_spectra_keeps_both_modes_in_proportion() {
     let choices = choose_ranks(
         &RankRule::Budget(0.3),
         &layers,
-        &ParamModel::Tucker2,
+        Method::Tucker2,
         &Overrides::empty(),
     )
     .unwrap();
@@ -657,7 +646,8 @@ fn budget_on_flat_spectra_keeps_both_modes_in_proportion() {
         // The truncated HOSVD at the chosen ranks against the unbalanced ranks (r0 + r1 - 1, 1),
         // whose factors cost as much.
         let hosvd_error = |a: usize, b: usize| {
-            let t = gbtd::tucker::hosvd(&x.view(), &[a, b], Some(&[0, 1])).unwrap();
+            let t = gbtd::tucker::hosvd(&x.view(), &TuckerOptions::new(vec![a, b]).with_modes(vec![0, 1]))
+                .unwrap();
             relative_error(&x.view(), &t.reconstruct().unwrap().view()).unwrap()
         };
         let balanced = hosvd_error(r[0], r[1]);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use gbtd::btd::{BtdOptions, btd};
-use gbtd::collective::{CollectiveOptions, collective_btd};
+use gbtd::collective::{ChannelRanks, CollectiveOptions, collective_btd};
 use gbtd::cp::{CpOptions, parafac};
 use gbtd::layers::LayerChain;
 use gbtd::tucker::{TuckerOptions, tucker};
@@ -597,7 +597,7 @@ fn collective_reports_the_library_errors_and_the_parameter_formula() {
     let views: Vec<_> = data.iter().map(|a| a.view()).collect();
     let lib = collective_btd(
         &views,
-        &CollectiveOptions::new(r, vec![d4, d3]).with_n_iter_max(30),
+        &CollectiveOptions::new(r, ChannelRanks::new(d4, d3)).with_n_iter_max(30),
     )
     .unwrap();
     let reported = j["kernels"].as_array().unwrap();

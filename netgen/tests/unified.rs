@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use gbtd::btd::{BtdOptions, btd};
-use gbtd::collective::{CollectiveOptions, collective_btd};
+use gbtd::collective::{ChannelRanks, CollectiveOptions, collective_btd};
 use gbtd::layers::LayerChain;
 use gbtd::options::IterOptions;
 use gbtd::tucker::{TuckerOptions, tucker};
@@ -306,7 +306,7 @@ fn d_cru_share_group_is_the_collective_factorization() {
     let views: Vec<_> = kernels.iter().map(|k| k.view()).collect();
     let coll = collective_btd(
         &views,
-        &CollectiveOptions::new(3, vec![2, 2]).with_iter(iters(15)),
+        &CollectiveOptions::new(3, ChannelRanks::new(2, 2)).with_iter(iters(15)),
     )
     .expect("collective");
     let chains = LayerChain::from_collective(&coll).expect("layers");

@@ -50,29 +50,39 @@ Examples:
   gbtd decompose x.npy --method tucker --rank 10,10,10 --max-iter 20 --tol 0 --quiet";
 
 const COMPRESS_HELP: &str = "\
-Each selected conv kernel NAME.weight, PyTorch layout (out, in, kh, kw), becomes NAME.0.weight (1x1,
-in -> R*r_in), NAME.1.weight (kh x kw, groups R, the original stride/padding) and NAME.2.weight
-(1x1, R*r_out -> out; NAME.bias moves to NAME.2.bias); every other tensor is copied unchanged. The
-file's metadata key gbtd.compress describes each chain (JSON), so PyTorch can rebuild the modules
-(see the README). tucker2: R = 1; btd: R = --terms; cp: R = K, r_in = r_out = 1.
+Each selected conv kernel NAME.weight, PyTorch layout (out, in/G, kh, kw) for a conv with G groups,
+becomes NAME.0.weight (1x1, in -> G*R*r_in, groups G), NAME.1.weight (kh x kw, groups G*R, the
+original stride/padding) and NAME.2.weight (1x1, G*R*r_out -> out, groups G; NAME.bias moves to
+NAME.2.bias); with --linear, each 2-D weight (out, in) becomes NAME.0.weight (r, in) and
+NAME.1.weight (out, r) by a truncated SVD (NAME.bias moves to NAME.1.bias). Every other tensor is
+copied unchanged. The file's metadata key gbtd.compress describes each chain (JSON), so PyTorch can
+rebuild the modules (gbtd.torch.load_compressed). tucker2: R = 1; btd: R = --terms; cp: R = K,
+r_in = r_out = 1. A grouped conv is compressed group by group with the same ranks.
 
-Rank rules (ranks are r_out,r_in; one rank K for cp):
+Rank rules (ranks are r_out,r_in; one rank K for cp; r for a linear layer):
   fixed:a,b      the same ranks for every layer (lowered to what a layer can hold)
   energy:0.9     the smallest ranks keeping that fraction of each mode unfolding's energy
   ratio:4        per layer, the largest ranks with at most 1/4 of the kernel's weights
   budget:0.25    at most 0.25 x the selected kernels' weights in total, allocated across layers
   vbmf           analytic empirical variational Bayes matrix factorization per mode unfolding
 
-Skipped (with the reason in the report): tensors that are not floating point or not 4-D,
-depthwise/grouped kernels (in = 1), layers the rule skips, and chains with no fewer weights than
-the kernel (a warning names any layer that still grows). Multiply-adds are per image at an output of
---input-size x --input-size, assuming stride 1 and same padding for every layer.
+Groups and sizes: a state dict records neither a conv's groups nor its output size. --layer-info
+FILE.json (written by gbtd.torch.layer_info(model, example_input, path)) gives both: grouped convs
+are then compressed group by group and the report shows real multiply-adds per sample. Without it,
+in a PyTorch checkpoint a spatial kernel whose input channels differ from the preceding
+normalization layer's channel count is taken as grouped (the report names those layers), and no
+multiply-adds are reported (a layer's weights are its multiply-adds per output position at stride 1).
+
+Skipped (with the reason in the report): tensors that are not floating point or not 4-D (2-D
+without --linear), depthwise kernels, layers the rule skips, and chains with no fewer weights than
+the layer (a warning names any layer that still grows).
 
 Examples:
   gbtd compress resnet50.pth --method tucker2 --rank-rule energy:0.9 --out resnet50_t2.safetensors
   gbtd compress model.safetensors --method btd --terms 4 --rank-rule fixed:16,16 --layers 'layer[34]' \\
       --skip downsample --out small.safetensors --report report.csv
-  gbtd compress model.pth --method cp --rank-rule ratio:4 --out cp.safetensors --json --quiet";
+  gbtd compress model.pth --method cp --rank-rule ratio:4 --layer-info info.json --linear \\
+      --out cp.safetensors --json --quiet";
 const VERIFY_HELP: &str = "\
 For every layer listed in FACTORIZED's `gbtd.compress` metadata (written by `gbtd compress --out`
 or `gbtd collective --out`), the original kernel NAME.weight of ORIGINAL and the chain NAME.0/1/2
@@ -296,9 +306,13 @@ pub struct CompressArgs {
     /// Also write the report, as JSON or CSV by the extension (atomically).
     #[arg(long, value_name = "report.json|report.csv")]
     pub report: Option<PathBuf>,
-    /// Output height and width for the multiply-add counts.
-    #[arg(long, value_name = "S", default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
-    pub input_size: u32,
+    /// Each layer's groups and input/output sizes (JSON written by gbtd.torch.layer_info): grouped
+    /// convs are compressed group by group and real multiply-adds are reported.
+    #[arg(long, value_name = "FILE.json")]
+    pub layer_info: Option<PathBuf>,
+    /// Also compress 2-D weights (linear layers), by a truncated SVD into two linear layers.
+    #[arg(long)]
+    pub linear: bool,
     /// Maximum number of ALS / HOOI sweeps per layer.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_iter: usize,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use gbtd::Real;
-use gbtd::collective::{Collective, CollectiveOptions, collective_btd};
+use gbtd::collective::{ChannelRanks, Collective, CollectiveOptions, collective_btd};
 use gbtd::formats::{self, DType, Format, NamedTensor};
 use gbtd::layers::LayerChain;
 use gbtd::options::{Init, IterOptions};
@@ -155,7 +155,7 @@ fn run_typed<T: Real>(args: &CollectiveArgs, kernels: &[NamedTensor], [d3s, d4s]
         bar.set_position(sweep as u64);
         bar.set_message(format!("rel. error {}", report::error(err)));
     };
-    let opts = CollectiveOptions::new(args.terms, vec![d4s, d3s])
+    let opts = CollectiveOptions::new(args.terms, ChannelRanks::new(d4s, d3s))
         .with_iter(IterOptions {
             n_iter_max: args.max_iter,
             tol: args.tol,

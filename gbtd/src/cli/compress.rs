@@ -7,9 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use gbtd::compress::{self, CompressMethod, CompressOptions, Compressed, Overrides, Stage};
+use std::ops::ControlFlow;
+
+use gbtd::Method;
+use gbtd::compress::{self, CompressOptions, Compressed, Event, LayerKind, Overrides, Stage};
 use gbtd::formats::write_atomic;
-use gbtd::options::IterOptions;
+use gbtd::options::{IterOptions, Progress};
 
 use super::args::{CompressArgs, CompressMethodArg};
 use super::report;
@@ -49,7 +52,7 @@ fn check_dir(flag: &str, p: &Path, input: &Path) -> Result<()> {
 }
 
 /// Every check on the arguments that can be made before reading the model.
-fn check_args(args: &CompressArgs) -> Result<(CompressMethod, Option<ReportFormat>)> {
+fn check_args(args: &CompressArgs) -> Result<(Method, Option<ReportFormat>)> {
     if !(args.tol.is_finite() && args.tol >= 0.0) {
         bail!(
             "--tol {}: the tolerance must be a finite number >= 0 (0 runs all --max-iter sweeps)",
@@ -58,7 +61,7 @@ fn check_args(args: &CompressArgs) -> Result<(CompressMethod, Option<ReportForma
     }
     let method = match (args.method, args.terms) {
         (CompressMethodArg::Btd, Some(0)) => bail!("--terms must be at least 1"),
-        (CompressMethodArg::Btd, Some(terms)) => CompressMethod::Btd { terms },
+        (CompressMethodArg::Btd, Some(terms)) => Method::Btd { terms },
         (CompressMethodArg::Btd, None) => {
             bail!("--method btd needs --terms R, the number of block terms (for example --terms 4)")
         }
@@ -70,8 +73,8 @@ fn check_args(args: &CompressArgs) -> Result<(CompressMethod, Option<ReportForma
                 "tucker2"
             }
         ),
-        (CompressMethodArg::Tucker2, None) => CompressMethod::Tucker2,
-        (CompressMethodArg::Cp, None) => CompressMethod::Cp,
+        (CompressMethodArg::Tucker2, None) => Method::Tucker2,
+        (CompressMethodArg::Cp, None) => Method::Cp,
     };
     if ext(&args.out).as_deref() != Some("safetensors") {
         bail!(
@@ -121,15 +124,28 @@ pub fn run(args: &CompressArgs) -> Result<()> {
         Some(p) => Overrides::from_file(p)?,
         None => Overrides::empty(),
     };
+    let geometry = match &args.layer_info {
+        Some(p) => compress::read_layer_info(p)?,
+        None => Default::default(),
+    };
     let bar = progress_bar(args.quiet || args.json);
-    let progress = |stage: Stage, i: usize, n: usize, name: &str| {
-        bar.set_prefix(match stage {
-            Stage::Spectra => "spectra",
-            Stage::Decompose => "decompose",
-        });
-        bar.set_length(n as u64);
-        bar.set_position(i as u64);
-        bar.set_message(name.to_string());
+    let progress = |e: Event<'_>| {
+        if let Event::Layer {
+            stage,
+            index,
+            count,
+            name,
+        } = e
+        {
+            bar.set_prefix(match stage {
+                Stage::Spectra => "spectra",
+                Stage::Decompose => "decompose",
+            });
+            bar.set_length(count as u64);
+            bar.set_position(index as u64);
+            bar.set_message(name.to_string());
+        }
+        ControlFlow::Continue(())
     };
     let opts = CompressOptions {
         method,
@@ -142,8 +158,9 @@ pub fn run(args: &CompressArgs) -> Result<()> {
             tol: args.tol,
             seed: args.seed,
         },
-        input_size: args.input_size as usize,
-        progress: Some(&progress),
+        linear: args.linear,
+        geometry,
+        progress: Progress::interruptible(&progress),
     };
     let result = compress::compress(&args.model, &opts);
     bar.finish_and_clear();
@@ -152,6 +169,17 @@ pub fn run(args: &CompressArgs) -> Result<()> {
         for name in &compressed.unmatched_overrides {
             eprintln!(
                 "warning: the overrides file names '{name}', which is not a selected conv layer (names are module names such as layer1.0.conv2)"
+            );
+        }
+        if !compressed.inferred.is_empty() {
+            let list: Vec<String> = compressed
+                .inferred
+                .iter()
+                .map(|(n, g)| format!("{n} ({g})"))
+                .collect();
+            eprintln!(
+                "note: groups read off the preceding normalization layer for {}; give --layer-info to state them",
+                list.join(", ")
             );
         }
         for l in compressed.layers.iter().filter(|l| l.grows()) {
@@ -226,37 +254,37 @@ fn columns(out: &mut impl Write, rows: &[Vec<String>], left: &[usize]) -> std::i
 }
 
 fn print_table(out: &mut impl Write, c: &Compressed, args: &CompressArgs) -> std::io::Result<()> {
-    let s = c.input_size;
     let t = c.totals();
+    let macs = c.macs_known();
     writeln!(
         out,
-        "{} of {}: {} conv layers compressed, rank rule {} (multiply-adds per image at a {s}×{s} output, stride 1 and same padding assumed)",
+        "{} of {}: {} layers compressed, rank rule {} ({})",
         c.method.as_str(),
         c.source,
         t.layers,
         c.rank_rule,
+        if macs {
+            "multiply-adds per sample, from --layer-info"
+        } else {
+            "no multiply-adds: sizes unknown without --layer-info; weights are the multiply-adds per output position at stride 1"
+        }
     )?;
-    let mut rows = vec![
-        [
-            "layer",
-            "shape",
-            "ranks",
-            "rel. error",
-            "params before",
-            "after",
-            "MACs before",
-            "after",
-            "seconds",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
+    let mut head = vec!["layer", "shape", "ranks", "rel. error", "params before", "after"];
+    if macs {
+        head.extend(["MACs before", "after"]);
+    }
+    head.push("seconds");
+    let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
     for l in &c.layers {
-        let ranks = match l.method {
-            CompressMethod::Btd { terms } => format!("{terms}×({})", report::list(&l.ranks)),
+        let mut ranks = match (l.kind, l.method) {
+            (LayerKind::Linear, _) => format!("svd {}", report::list(&l.ranks)),
+            (_, Method::Btd { terms }) => format!("{terms}×({})", report::list(&l.ranks)),
             _ => report::list(&l.ranks),
         };
-        rows.push(vec![
+        if l.conv_groups() > 1 {
+            ranks = format!("{ranks} ×{}g", l.conv_groups());
+        }
+        let mut row = vec![
             l.name.clone(),
             report::shape(&l.shape),
             ranks,
@@ -267,15 +295,17 @@ fn print_table(out: &mut impl Write, c: &Compressed, args: &CompressArgs) -> std
                 report::count(l.params_after as usize),
                 ratio(l.params_before, l.params_after)
             ),
-            big(l.macs_before),
-            big(l.macs_after),
-            format!("{:.2}", l.seconds),
-        ]);
+        ];
+        if let (true, Some(b), Some(a)) = (macs, l.macs_before, l.macs_after) {
+            row.extend([big(b), big(a)]);
+        }
+        row.push(format!("{:.2}", l.seconds));
+        rows.push(row);
     }
     columns(out, &rows, &[])?;
     let kernels: Vec<_> = c.skipped.iter().filter(|k| k.kernel).collect();
     if !kernels.is_empty() {
-        writeln!(out, "skipped conv kernels:")?;
+        writeln!(out, "skipped layers:")?;
         let rows: Vec<Vec<String>> = kernels
             .iter()
             .map(|k| vec![k.name().to_string(), report::shape(&k.shape), k.reason.clone()])
@@ -291,7 +321,7 @@ fn print_table(out: &mut impl Write, c: &Compressed, args: &CompressArgs) -> std
             .count();
         writeln!(
             out,
-            "{others} other selected tensors copied unchanged ({not_float} not floating point, {} not conv kernels)",
+            "{others} other selected tensors copied unchanged ({not_float} not floating point, {} not layer weights)",
             others - not_float
         )?;
     }
@@ -315,18 +345,20 @@ fn print_table(out: &mut impl Write, c: &Compressed, args: &CompressArgs) -> std
                 ratio(t.model_params_before, t.model_params_after)
             ),
         ),
-        (
+    ];
+    if let (Some(b), Some(a)) = (t.macs_before, t.macs_after) {
+        rows.push((
             "multiply-adds",
             format!(
-                "{} → {} ({}) per image in the compressed layers",
-                big(t.macs_before),
-                big(t.macs_after),
-                ratio(t.macs_before, t.macs_after)
+                "{} → {} ({}) per sample in the compressed layers",
+                big(b),
+                big(a),
+                ratio(b, a)
             ),
-        ),
-        ("seconds", format!("{:.2} decomposing", t.seconds)),
-        ("written", args.out.display().to_string()),
-    ];
+        ));
+    }
+    rows.push(("seconds", format!("{:.2} decomposing", t.seconds)));
+    rows.push(("written", args.out.display().to_string()));
     if let Some(r) = &args.report {
         rows.push(("report", r.display().to_string()));
     }

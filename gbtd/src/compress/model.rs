@@ -76,6 +76,12 @@ impl ModelFile {
         })
     }
 
+    /// Whether the tensor list follows the model's module order (a PyTorch checkpoint keeps the
+    /// state dict's order; a `.safetensors` listing is sorted by name).
+    pub fn keeps_module_order(&self) -> bool {
+        matches!(self, ModelFile::Pth { .. })
+    }
+
     fn path(&self) -> &Path {
         match self {
             ModelFile::Safetensors { path, .. } | ModelFile::Pth { path } | ModelFile::Npz { path } => path,

@@ -9,16 +9,16 @@ use super::{Compressed, LayerReport, writer};
 pub struct Totals {
     /// Compressed layers.
     pub layers: usize,
-    /// Skipped conv kernels.
+    /// Skipped layers (conv kernels, and linear weights when asked for).
     pub skipped_kernels: usize,
     /// Weights of the compressed kernels.
     pub params_before: u64,
     /// Weights of their chains.
     pub params_after: u64,
-    /// Multiply-adds of the compressed convs per image.
-    pub macs_before: u64,
-    /// Multiply-adds of their chains per image.
-    pub macs_after: u64,
+    /// Multiply-adds of the compressed layers per sample (when every layer's sizes are known).
+    pub macs_before: Option<u64>,
+    /// Multiply-adds of their factorized forms per sample (when every layer's sizes are known).
+    pub macs_after: Option<u64>,
     /// Elements of every floating-point tensor of the model.
     pub model_params_before: u64,
     /// The same after compression.
@@ -43,8 +43,8 @@ impl Compressed {
             skipped_kernels: self.skipped.iter().filter(|s| s.kernel).count(),
             params_before: pb,
             params_after: pa,
-            macs_before: sum(|l| l.macs_before),
-            macs_after: sum(|l| l.macs_after),
+            macs_before: self.layers.iter().map(|l| l.macs_before).sum(),
+            macs_after: self.layers.iter().map(|l| l.macs_after).sum(),
             model_params_before: model_before,
             model_params_after: model_before - pb + pa,
             seconds: self.layers.iter().map(|l| l.seconds).sum(),
@@ -52,12 +52,17 @@ impl Compressed {
     }
 
     /// The report as JSON: the `gbtd.compress` metadata object of the output file (format,
-    /// version, source, method, rank rule, layers with their chains, skipped) plus the input size
-    /// and the totals.
+    /// version, source, method, rank rule, layers with their chains, skipped) plus the totals
+    /// (multiply-adds `null` when some layer's sizes are unknown).
     pub fn report_json(&self) -> Value {
         let mut v = writer::metadata_json(self);
         let t = self.totals();
-        v["input_size"] = json!(self.input_size);
+        v["inferred_groups"] = json!(
+            self.inferred
+                .iter()
+                .map(|(n, g)| json!({"name": n, "groups": g}))
+                .collect::<Vec<_>>()
+        );
         v["totals"] = json!({
             "layers": t.layers,
             "skipped_kernels": t.skipped_kernels,
@@ -73,50 +78,70 @@ impl Compressed {
         v
     }
 
-    /// The report as CSV: a header, then one row per compressed layer and per skipped candidate
-    /// (`status` `compressed` or `skipped`, with the reason).
+    /// The report as CSV (RFC 4180, written by the `csv` crate): a header, then one row per
+    /// compressed layer and per skipped candidate (`status` `compressed` or `skipped`, with the
+    /// reason); multiply-adds are empty when unknown.
     pub fn report_csv(&self) -> String {
-        let mut s = String::from(
-            "name,tensor,status,shape,method,ranks,groups,relative_error,params_before,params_after,macs_before,macs_after,seconds,reason\n",
-        );
-        let q = |x: &str| {
-            if x.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", x.replace('"', "\"\""))
-            } else {
-                x.to_string()
-            }
-        };
         let dims = |d: &[usize]| d.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("x");
+        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let mut rows: Vec<Vec<String>> = vec![
+            [
+                "name",
+                "tensor",
+                "status",
+                "shape",
+                "method",
+                "ranks",
+                "terms",
+                "conv_groups",
+                "relative_error",
+                "params_before",
+                "params_after",
+                "macs_before",
+                "macs_after",
+                "seconds",
+                "reason",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
         for l in &self.layers {
-            s.push_str(&format!(
-                "{},{},compressed,{},{},{},{},{},{},{},{},{},{:.6},\n",
-                q(&l.name),
-                q(&format!("{}.weight", l.name)),
+            rows.push(vec![
+                l.name.clone(),
+                format!("{}.weight", l.name),
+                "compressed".into(),
                 dims(&l.shape),
-                l.method.as_str(),
-                q(&l.ranks
+                l.method_name().into(),
+                l.ranks
                     .iter()
                     .map(|v| v.to_string())
                     .collect::<Vec<_>>()
-                    .join(",")),
-                l.groups,
-                l.relative_error,
-                l.params_before,
-                l.params_after,
-                l.macs_before,
-                l.macs_after,
-                l.seconds
-            ));
+                    .join(","),
+                l.chain_dims().0.to_string(),
+                l.conv_groups().to_string(),
+                l.relative_error.to_string(),
+                l.params_before.to_string(),
+                l.params_after.to_string(),
+                opt(l.macs_before),
+                opt(l.macs_after),
+                format!("{:.6}", l.seconds),
+                String::new(),
+            ]);
         }
         for k in &self.skipped {
-            s.push_str(&format!(
-                "{},{},skipped,{},,,,,,,,,,{}\n",
-                q(k.name()),
-                q(&k.tensor),
-                dims(&k.shape),
-                q(&k.reason)
-            ));
+            let mut row = vec![String::new(); 15];
+            row[0] = k.name().into();
+            row[1] = k.tensor.clone();
+            row[2] = "skipped".into();
+            row[3] = dims(&k.shape);
+            row[14] = k.reason.clone();
+            rows.push(row);
         }
-        s
+        for r in &rows {
+            // Writing to a Vec cannot fail.
+            let _ = w.write_record(r);
+        }
+        String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
     }
 }

@@ -1,25 +1,37 @@
-//! The compressed checkpoint: a `.safetensors` file in which each compressed conv `NAME.weight`
-//! (and `NAME.bias`) is replaced by the weights of the three convs an `nn.Sequential` named
-//! `NAME` would hold, PyTorch layout:
+//! The compressed checkpoint: a `.safetensors` file in which each compressed layer's
+//! `NAME.weight` (and `NAME.bias`) is replaced by the weights of the layers an `nn.Sequential`
+//! named `NAME` would hold, PyTorch layout. A conv with `G` groups (1 for a dense conv) whose
+//! groups became chains with `R` terms of ranks `(r_out, r_in)` (see [`super::chain`]):
 //!
 //! | tensor | shape | conv |
 //! | --- | --- | --- |
-//! | `NAME.0.weight` | `(R·r_in, in, 1, 1)` | 1×1, stride 1, padding 0, groups 1 |
-//! | `NAME.1.weight` | `(R·r_out, r_in, kh, kw)` | kh×kw, stride/padding/dilation of the original conv, groups `R` |
-//! | `NAME.2.weight` | `(out, R·r_out, 1, 1)` | 1×1, stride 1, padding 0, groups 1 |
+//! | `NAME.0.weight` | `(G·R·r_in, in/G, 1, 1)` | 1×1, stride 1, padding 0, groups `G` |
+//! | `NAME.1.weight` | `(G·R·r_out, r_in, kh, kw)` | kh×kw, stride/padding/dilation of the original conv, groups `G·R` |
+//! | `NAME.2.weight` | `(out, R·r_out, 1, 1)` | 1×1, stride 1, padding 0, groups `G` |
 //! | `NAME.2.bias` | `(out,)` | the original `NAME.bias`, if there was one (unchanged dtype) |
 //!
+//! A linear layer `(out, in)` whose weight became a rank-`r` SVD:
+//!
+//! | tensor | shape | layer |
+//! | --- | --- | --- |
+//! | `NAME.0.weight` | `(r, in)` | linear, no bias |
+//! | `NAME.1.weight` | `(out, r)` | linear |
+//! | `NAME.1.bias` | `(out,)` | the original `NAME.bias`, if there was one |
+//!
 //! Every other tensor of the input is copied unchanged with its dtype (integer and bool buffers
-//! included); a `.safetensors` input's own metadata is kept. The chains are `F32` (from `f32`,
-//! `f16` and `bf16` kernels) or `F64` (from `f64` kernels).
+//! included); a `.safetensors` input's own metadata is kept. The factors are `F32` (from `f32`,
+//! `f16` and `bf16` weights) or `F64` (from `f64` weights).
 //!
 //! The metadata key `gbtd.compress` holds one JSON object: `format` (`"gbtd.compress"`),
-//! `version` (1), `source`, `method`, `rank_rule`, `layers` (one entry per replaced conv: `name`,
-//! `shape`, `method`, `terms`, `ranks` as `[r_out, r_in]` (`[K]` for CP), `groups`, `bias`,
-//! `relative_error`, the report's counts, and `chain`: the three convs with `weight`,
-//! `in_channels`, `out_channels`, `kernel_size`, `groups`, `stride`, `padding` and, on the last,
+//! `version` (1), `source`, `method`, `rank_rule`, `layers` (one entry per replaced layer:
+//! `name`, `kind` (`conv` or `linear`), `shape`, `method` (`svd` for a linear layer), `terms`
+//! (`R`), `ranks` as `[r_out, r_in]` (`[K]` for CP, `[r]` for SVD), `conv_groups` (`G`),
+//! `groups` (of the middle conv, `G·R`), `bias`, `relative_error`, the report's counts, and
+//! `chain`: the layers with `weight`, `in_channels` (`in_features`), `out_channels`
+//! (`out_features`), and for convs `kernel_size`, `groups`, `stride`, `padding`; the last one has
 //! `bias`), and `skipped` (`name`, `tensor`, `shape`, `reason`). The middle conv's `stride` and
-//! `padding` are `null`: "those of the original conv", which a state dict does not record.
+//! `padding` are `null`: "those of the original conv", which a state dict does not record. A
+//! reader that predates grouped convs and linear layers sees the same fields with `G = 1`.
 //!
 //! The file is written atomically ([`crate::formats::write_atomic`]).
 use std::collections::{BTreeSet, HashMap};
@@ -29,10 +41,11 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
 
+use super::chain::Factorized;
+use super::layer::AnyFactorized;
 use super::model::{RawTensor, raw_from_real};
-use super::{AnyChain, CompressError, Compressed, LayerReport};
+use super::{CompressError, Compressed, LayerKind, LayerReport};
 use crate::formats::{IoError, write_atomic};
-use crate::layers::LayerChain;
 use crate::real::Real;
 
 /// The metadata key of the description.
@@ -49,26 +62,51 @@ fn conv_json(weight: String, cin: usize, cout: usize, k: [usize; 2], groups: usi
 }
 
 fn layer_json(l: &LayerReport) -> Value {
-    let [o, i, kh, kw] = l.shape;
-    let (r, ro, ri) = l.chain_dims();
     let n = &l.name;
-    let mut last = conv_json(format!("{n}.2.weight"), r * ro, o, [1, 1], 1, true);
-    last["bias"] = if l.bias {
-        json!(format!("{n}.2.bias"))
-    } else {
-        Value::Null
+    let bias = |last: &str| {
+        if l.bias {
+            json!(format!("{n}.{last}.bias"))
+        } else {
+            Value::Null
+        }
+    };
+    let (r, ro, ri) = l.chain_dims();
+    let g = l.conv_groups();
+    let chain = match l.kind {
+        LayerKind::Conv { .. } => {
+            let (o, i, kh, kw) = (l.shape[0], l.shape[1] * g, l.shape[2], l.shape[3]);
+            let mut last = conv_json(format!("{n}.2.weight"), g * r * ro, o, [1, 1], g, true);
+            last["bias"] = bias("2");
+            json!([
+                conv_json(format!("{n}.0.weight"), i, g * r * ri, [1, 1], g, true),
+                conv_json(
+                    format!("{n}.1.weight"),
+                    g * r * ri,
+                    g * r * ro,
+                    [kh, kw],
+                    g * r,
+                    false
+                ),
+                last,
+            ])
+        }
+        LayerKind::Linear => {
+            let (o, i, rank) = (l.shape[0], l.shape[1], l.ranks[0]);
+            json!([
+                {"weight": format!("{n}.0.weight"), "in_features": i, "out_features": rank, "bias": Value::Null},
+                {"weight": format!("{n}.1.weight"), "in_features": rank, "out_features": o, "bias": bias("1")},
+            ])
+        }
     };
     json!({
-        "name": n, "shape": l.shape, "dtype": l.dtype, "method": l.method.as_str(), "terms": r,
-        "ranks": l.ranks, "groups": r, "bias": l.bias, "relative_error": l.relative_error,
+        "name": n, "kind": match l.kind { LayerKind::Conv { .. } => "conv", LayerKind::Linear => "linear" },
+        "shape": l.shape, "dtype": l.dtype, "method": l.method_name(), "terms": r,
+        "ranks": l.ranks, "conv_groups": g, "groups": g * r, "bias": l.bias,
+        "relative_error": l.relative_error,
         "params_before": l.params_before, "params_after": l.params_after,
         "macs_before": l.macs_before, "macs_after": l.macs_after,
         "seconds": l.seconds, "iterations": l.iterations,
-        "chain": [
-            conv_json(format!("{n}.0.weight"), i, r * ri, [1, 1], 1, true),
-            conv_json(format!("{n}.1.weight"), r * ri, r * ro, [kh, kw], r, false),
-            last,
-        ],
+        "chain": chain,
     })
 }
 
@@ -88,16 +126,25 @@ pub(crate) fn metadata_json(c: &Compressed) -> Value {
     })
 }
 
-fn chain_tensors<T: Real>(name: &str, c: &LayerChain<T>) -> Vec<(String, RawTensor)> {
-    [("0", &c.reduce), ("1", &c.grouped), ("2", &c.expand)]
-        .into_iter()
-        .map(|(i, w)| {
-            (
-                format!("{name}.{i}.weight"),
-                raw_from_real(w.shape(), w.iter().copied()),
-            )
-        })
-        .collect()
+/// The tensors that replace layer `name`'s weight, named as in the module documentation.
+fn factor_tensors<T: Real>(name: &str, f: &Factorized<T>) -> Result<Vec<(String, RawTensor)>, CompressError> {
+    let raw = |a: &ndarray::ArrayViewD<'_, T>| raw_from_real(a.shape(), a.iter().copied());
+    Ok(match f {
+        Factorized::Conv(c) => c
+            .weights()
+            .map_err(|e| CompressError::Layer {
+                name: name.to_string(),
+                source: e,
+            })?
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("{name}.{i}.weight"), raw(&w.view().into_dyn())))
+            .collect(),
+        Factorized::Linear(l) => vec![
+            (format!("{name}.0.weight"), raw(&l.first.view().into_dyn())),
+            (format!("{name}.1.weight"), raw(&l.second.view().into_dyn())),
+        ],
+    })
 }
 
 impl Compressed {
@@ -116,13 +163,17 @@ impl Compressed {
         for t in &self.tensors {
             if let Some(&i) = weight_of.get(&t.name) {
                 let name = &self.layers[i].name;
-                entries.extend(match &self.chains[i] {
-                    AnyChain::F32(c) => chain_tensors(name, c),
-                    AnyChain::F64(c) => chain_tensors(name, c),
+                entries.extend(match &self.factors[i] {
+                    AnyFactorized::F32(f) => factor_tensors(name, f)?,
+                    AnyFactorized::F64(f) => factor_tensors(name, f)?,
                 });
             } else if let Some(&i) = bias_of.get(&t.name) {
+                let last = match self.layers[i].kind {
+                    LayerKind::Conv { .. } => 2,
+                    LayerKind::Linear => 1,
+                };
                 entries.push((
-                    format!("{}.2.bias", self.layers[i].name),
+                    format!("{}.{last}.bias", self.layers[i].name),
                     self.model.read_raw(&t.name)?,
                 ));
             } else {

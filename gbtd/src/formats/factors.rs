@@ -144,7 +144,7 @@ impl Layout {
         }
         if self.ranks.contains(&0)
             || terms == 0
-            || (self.method != Method::Btd && self.method != Method::Cp && terms != 1)
+            || (!self.method.is_btd() && self.method != Method::Cp && terms != 1)
         {
             return Err(format!("invalid ranks {:?} or terms {terms}", self.ranks));
         }
@@ -186,7 +186,7 @@ impl Layout {
                 );
                 out
             }
-            Method::Btd => (0..self.terms)
+            Method::Btd { .. } => (0..self.terms)
                 .flat_map(|t| {
                     let mut out = vec![(format!("term.{t}.core"), self.core_shape())];
                     out.extend(factors(&format!("term.{t}.")));
@@ -281,12 +281,12 @@ fn parse_layout(meta: &BTreeMap<String, String>, path: &Path) -> IoResult<(Layou
             format!("format_version {version} is not supported (this gbtd reads version {FACTORS_VERSION})"),
         ));
     }
-    let m = get("method")?;
-    let method = Method::parse(m).ok_or_else(|| factors_err(path, format!("unknown method '{m}'")))?;
     let t = get("terms")?;
     let terms: usize = t
         .parse()
         .map_err(|_| factors_err(path, format!("metadata 'terms' = '{t}' is not a count")))?;
+    let m = get("method")?;
+    let method = Method::parse(m, terms).ok_or_else(|| factors_err(path, format!("unknown method '{m}'")))?;
     let dt = get("dtype")?;
     let dtype = match dt.as_str() {
         "F32" => DType::F32,
@@ -409,7 +409,7 @@ fn assemble<T: Real>(
                 convergence: Convergence::default(),
             })
         }
-        Method::Btd => {
+        Method::Btd { .. } => {
             let mut terms = Vec::with_capacity(l.terms);
             for t in 0..l.terms {
                 let core = take(format!("term.{t}.core"))?;

@@ -25,13 +25,19 @@
 //! cheap and halves the bound without lowering the true error, which is at least the larger of
 //! the two discarded fractions. On a kernel with flat spectra (random initialisation), free
 //! per-mode moves ended at ranks like (512, 1) with a relative error of 0.998.
+use crate::decomposition::Method;
 use crate::error::{GbtdError, Result};
-use crate::ranks::{LayerSpectra, ParamModel, RankChoice, proportional};
+use crate::ranks::{LayerSpectra, Model, RankChoice, proportional};
 
-/// The estimated squared relative error `ε²` of `layer` decomposed with `ranks` under `model`
-/// (see the module documentation). It bounds the truncated HOSVD's error for Tucker-2; it can
-/// exceed 1 at very small ranks. An all-zero kernel gives 0.
-pub fn estimated_sq_error(layer: &LayerSpectra, model: &ParamModel, ranks: &[usize]) -> f64 {
+/// The estimated squared relative error `ε²` of `layer` decomposed with `ranks` by `method`
+/// (see the module documentation; a 2-D layer is scored as a truncated SVD of rank `ranks[0]`,
+/// a grouped conv on its pooled spectra). It bounds the truncated HOSVD's error for Tucker-2; it
+/// can exceed 1 at very small ranks. An all-zero kernel gives 0.
+pub fn estimated_sq_error(layer: &LayerSpectra, method: Method, ranks: &[usize]) -> f64 {
+    sq_error(layer, &Model::of(method, layer), ranks)
+}
+
+fn sq_error(layer: &LayerSpectra, model: &Model, ranks: &[usize]) -> f64 {
     let total = layer.total_energy();
     if total <= 0.0 {
         return 0.0;
@@ -52,6 +58,7 @@ fn settle(s: &mut State<'_>, spent: &mut usize) {
 /// One layer's state in the greedy allocation.
 struct State<'a> {
     layer: &'a LayerSpectra,
+    model: Model,
     /// `tails[n][r] = Σ_{k≥r} s_{n,k}²` (0 past the end).
     tails: [Vec<f64>; 2],
     total: f64,
@@ -66,21 +73,26 @@ struct State<'a> {
 impl State<'_> {
     /// The next ranks on this layer's path after step `self.k` that differ from the current
     /// ones, with their step; `None` at the end of the path.
-    fn next(&self, model: &ParamModel) -> Option<(usize, Vec<usize>)> {
+    fn next(&self) -> Option<(usize, Vec<usize>)> {
         let shape = &self.layer.shape;
-        match model.caps(shape) {
-            None => Some((self.k + 1, vec![self.k + 1])),
+        match self.model.caps(shape) {
+            None => {
+                let k = self.k + 1;
+                let within = self.model.rank_limit(shape).is_none_or(|l| k <= l);
+                within.then(|| (k, vec![k]))
+            }
             Some(caps) => {
-                let m = shape[0].max(shape[1]);
+                let g = self.model.group_shape(shape);
+                let m = g[0].max(g[1]);
                 (self.k + 1..=m)
-                    .map(|k| (k, proportional(k, shape, caps)))
+                    .map(|k| (k, proportional(k, &g, caps)))
                     .find(|(_, r)| *r != self.ranks)
             }
         }
     }
 
-    fn err(&self, ranks: &[usize], model: &ParamModel) -> f64 {
-        let t = model.total_ranks(ranks);
+    fn err(&self, ranks: &[usize]) -> f64 {
+        let t = self.model.total_ranks(ranks);
         let tail = |n: usize| self.tails[n].get(t[n]).copied().unwrap_or(0.0);
         (tail(0) + tail(1)) / self.total
     }
@@ -91,14 +103,14 @@ impl State<'_> {
 type Move = (f64, usize, Option<(usize, Vec<usize>)>);
 
 /// Allocates `f` times the layers' parameters across `layers` (which passed the structural
-/// checks of [`crate::ranks::choose_ranks`]); one choice per layer.
-pub(crate) fn allocate(f: f64, layers: &[&LayerSpectra], model: &ParamModel) -> Result<Vec<RankChoice>> {
+/// checks of [`crate::ranks::choose_ranks`]), each with its parameter model; one choice per layer.
+pub(crate) fn allocate(f: f64, layers: &[(&LayerSpectra, Model)]) -> Result<Vec<RankChoice>> {
     let mut states: Vec<State<'_>> = layers
         .iter()
-        .map(|&layer| {
+        .map(|&(layer, model)| {
             let start = match model.caps(&layer.shape) {
                 None => vec![1],
-                Some(caps) => proportional(1, &layer.shape, caps),
+                Some(caps) => proportional(1, &model.group_shape(&layer.shape), caps),
             };
             let tails = [0, 1].map(|n| {
                 let s = &layer.sq_singular_values[n];
@@ -110,6 +122,7 @@ pub(crate) fn allocate(f: f64, layers: &[&LayerSpectra], model: &ParamModel) -> 
             });
             State {
                 layer,
+                model,
                 tails,
                 total: layer.total_energy(),
                 before: layer.shape.iter().product(),
@@ -139,7 +152,7 @@ pub(crate) fn allocate(f: f64, layers: &[&LayerSpectra], model: &ParamModel) -> 
             if s.kept {
                 continue;
             }
-            let now = s.err(&s.ranks, model);
+            let now = s.err(&s.ranks);
             let mut consider = |m: Move| {
                 let (gain, cost, _) = m;
                 if gain <= 0.0 || cost == 0 || cost > left {
@@ -154,9 +167,9 @@ pub(crate) fn allocate(f: f64, layers: &[&LayerSpectra], model: &ParamModel) -> 
                 }
             };
             consider((now, s.before - s.params, None));
-            if let Some((k, r)) = s.next(model) {
-                let p = model.params(&s.layer.shape, &r);
-                consider((now - s.err(&r, model), p.saturating_sub(s.params), Some((k, r))));
+            if let Some((k, r)) = s.next() {
+                let p = s.model.params(&s.layer.shape, &r);
+                consider((now - s.err(&r), p.saturating_sub(s.params), Some((k, r))));
             }
         }
         let Some((l, (_, cost, what))) = best else { break };

@@ -1,19 +1,23 @@
-//! Rank selection for compressing conv kernels: which ranks each layer of a model gets.
+//! Rank selection for compressing a model's layers: which ranks each layer gets.
 //!
 //! A [`RankRule`] (parsed from `fixed:64,32`, `energy:0.9`, `ratio:4`, `budget:0.25` or `vbmf`)
-//! is applied by [`choose_ranks`] to every layer at once, from each kernel's [`LayerSpectra`]
-//! (the squared singular values of its mode-0 and mode-1 unfoldings) and the [`ParamModel`] of
-//! the decomposition method (how the layer chain's parameter count depends on the ranks).
-//! Per-layer [`Overrides`] come from a TOML or JSON file.
+//! is applied by [`choose_ranks`] to every layer at once, from each layer's [`LayerSpectra`]
+//! (the squared singular values of its mode-0 and mode-1 unfoldings) and the decomposition
+//! [`Method`] (how the layer chain's parameter count depends on the ranks). Per-layer
+//! [`Overrides`] come from a TOML or JSON file.
 //!
-//! Conventions: kernels are in PyTorch layout `(out, in, kh, kw)`; the factorized modes are
-//! `[0, 1]`, so ranks are `[r_out, r_in]` (per term for BTD) or `[R]` for CP.
+//! Conventions: conv kernels are in PyTorch layout `(out, in/groups, kh, kw)`; the factorized
+//! modes are `[0, 1]`, so ranks are `[r_out, r_in]` (per term for BTD) or `[K]` for CP. A conv
+//! with `groups = G > 1` is compressed group by group with the same ranks for every group (its
+//! spectra pool the groups, see [`LayerSpectra::of_grouped`]), so every count is `G` times that of
+//! one group `(out/G, in/G, kh, kw)`. A 2-D layer `(out, in)` (a linear layer) is always
+//! compressed by a truncated SVD of rank `r` (two linear layers, `r·(in + out)` weights), whatever
+//! the method; its ranks are `[r]`.
 //!
 //! A layer is skipped (left unchanged, with the reason) when the rule cannot make it smaller:
-//! an input or output mode of dimension 1 (a depthwise or grouped kernel `(C, 1, kh, kw)`, whose
-//! 4-D decomposition would only add parameters), ranks that keep every dimension, a chain with
-//! at least as many parameters as the kernel, or a rule that retains nothing (VBMF on a kernel
-//! that looks like pure noise, an all-zero kernel).
+//! an input or output mode of dimension 1 per group (a depthwise kernel), ranks that keep every
+//! dimension, a chain with at least as many parameters as the layer, or a rule that retains
+//! nothing (VBMF on a kernel that looks like pure noise, an all-zero kernel).
 pub mod budget;
 mod overrides;
 mod rule;
@@ -26,64 +30,113 @@ pub use rule::RankRule;
 pub use spectra::LayerSpectra;
 pub use vbmf::{tau_threshold, vbmf_rank};
 
+use crate::decomposition::Method;
 use crate::error::{GbtdError, Result};
 
-/// How a method's parameter count depends on the ranks, for a kernel `(o, i, kh, kw)`: the
-/// parameters of the layer chain it is stored as (1×1 reduce, grouped `kh×kw`, 1×1 expand; see
-/// [`crate::layers::LayerChain`]).
+/// How one layer's parameter count depends on its ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamModel {
-    /// Tucker-2 on modes 0 and 1 with ranks `(r_o, r_i)`: `o·r_o + i·r_i + r_o·r_i·kh·kw`.
-    Tucker2,
-    /// BTD with `terms` terms of rank `(r_o, r_i)`: `R·(o·r_o + i·r_i + r_o·r_i·kh·kw)`.
-    Btd {
-        /// The number of block terms `R`.
-        terms: usize,
+pub(crate) enum Model {
+    /// A conv kernel `(out, in/groups, kh, kw)`: each of its `groups` groups becomes a chain of
+    /// `method` with the same ranks.
+    Chain {
+        /// The decomposition of each group.
+        method: Method,
+        /// The conv's groups.
+        groups: usize,
     },
-    /// CP of rank `R`: `R·(o + i + kh·kw)` as a chain (its middle conv is depthwise `kh×kw`,
-    /// which holds the outer product of the two spatial factors; the factors themselves have
-    /// `R·(o + i + kh + kw)`).
-    Cp,
+    /// A matrix `(out, in)` as a truncated SVD of rank `r`: `r·(out + in)` weights.
+    Svd,
 }
 
-impl ParamModel {
-    /// How many ranks a layer takes: 2 (`[r_out, r_in]`) or 1 (`[R]` for CP).
-    pub fn n_ranks(&self) -> usize {
-        match self {
-            ParamModel::Cp => 1,
-            _ => 2,
+impl Model {
+    /// The model of `layer` compressed with `method`: [`Model::Svd`] for a 2-D layer.
+    pub(crate) fn of(method: Method, layer: &LayerSpectra) -> Model {
+        if layer.shape.len() == 2 {
+            Model::Svd
+        } else {
+            Model::Chain {
+                method: match method {
+                    // Compression factorizes the channel modes only.
+                    Method::Tucker => Method::Tucker2,
+                    m => m,
+                },
+                groups: layer.groups.max(1),
+            }
         }
     }
 
-    /// The parameters of the chain for a kernel of `shape` (`(o, i, kh, kw)`; any trailing
-    /// spatial modes multiply into `kh·kw`) with `ranks`.
-    pub fn params(&self, shape: &[usize], ranks: &[usize]) -> usize {
-        let (o, i) = (shape[0], shape[1]);
-        let s: usize = shape[2..].iter().product();
+    /// How many ranks a layer takes: 2 (`[r_out, r_in]`) or 1 (`[K]` for CP, `[r]` for SVD).
+    pub(crate) fn n_ranks(&self) -> usize {
         match self {
-            ParamModel::Tucker2 => o * ranks[0] + i * ranks[1] + ranks[0] * ranks[1] * s,
-            ParamModel::Btd { terms } => terms * (o * ranks[0] + i * ranks[1] + ranks[0] * ranks[1] * s),
-            ParamModel::Cp => ranks[0] * (o + i + s),
+            Model::Chain { method, .. } => method.n_ranks(),
+            Model::Svd => 1,
         }
     }
 
-    /// The largest useful ranks: `⌊d/R⌋` per mode for BTD (so that `R·r ≤ d`), the dims for
-    /// Tucker-2, and `None` (no cap) for CP.
-    pub fn caps(&self, shape: &[usize]) -> Option<[usize; 2]> {
+    /// The shape of one group's kernel: `(out/G, in/G, kh, kw)` from the stored `(out, in/G, kh,
+    /// kw)` (the shape itself for `G = 1` and for matrices).
+    pub(crate) fn group_shape(&self, shape: &[usize]) -> Vec<usize> {
+        let mut s = shape.to_vec();
+        if let Model::Chain { groups, .. } = self {
+            s[0] /= groups;
+        }
+        s
+    }
+
+    /// The parameters of the factorized layer for a layer of `shape` with `ranks`.
+    pub(crate) fn params(&self, shape: &[usize], ranks: &[usize]) -> usize {
         match self {
-            ParamModel::Tucker2 => Some([shape[0], shape[1]]),
-            ParamModel::Btd { terms } => Some([shape[0] / terms, shape[1] / terms]),
-            ParamModel::Cp => None,
+            Model::Chain { method, groups } => groups * method.chain_params(&self.group_shape(shape), ranks),
+            Model::Svd => ranks[0] * (shape[0] + shape[1]),
         }
     }
 
-    /// The total ranks of the factorized modes, `[R·r_o, R·r_i]` (`[R, R]` for CP), which the
-    /// spectra-based estimates use.
-    pub fn total_ranks(&self, ranks: &[usize]) -> [usize; 2] {
+    /// The largest useful ranks per group when they are per mode: `⌊d/R⌋` per mode for BTD (so
+    /// that `R·r ≤ d`), the group's dims for Tucker-2; `None` for CP and SVD (one rank).
+    pub(crate) fn caps(&self, shape: &[usize]) -> Option<[usize; 2]> {
+        let g = self.group_shape(shape);
         match self {
-            ParamModel::Tucker2 => [ranks[0], ranks[1]],
-            ParamModel::Btd { terms } => [terms * ranks[0], terms * ranks[1]],
-            ParamModel::Cp => [ranks[0], ranks[0]],
+            Model::Chain {
+                method: Method::Tucker | Method::Tucker2,
+                ..
+            } => Some([g[0], g[1]]),
+            Model::Chain {
+                method: Method::Btd { terms },
+                ..
+            } => Some([g[0] / terms, g[1] / terms]),
+            Model::Chain {
+                method: Method::Cp, ..
+            }
+            | Model::Svd => None,
+        }
+    }
+
+    /// The largest useful single rank (SVD: `min(out, in)`, beyond which nothing is gained);
+    /// `None` when unbounded (CP) or when ranks are per mode.
+    pub(crate) fn rank_limit(&self, shape: &[usize]) -> Option<usize> {
+        match self {
+            Model::Svd => Some(shape[0].min(shape[1])),
+            _ => None,
+        }
+    }
+
+    /// The total ranks of the factorized modes per group, `[R·r_o, R·r_i]` (`[K, K]` for CP,
+    /// `[r, r]` for SVD), which the spectra-based estimates use.
+    pub(crate) fn total_ranks(&self, ranks: &[usize]) -> [usize; 2] {
+        match self {
+            Model::Chain { method, .. } => {
+                let (r, ro, ri) = method.chain_dims(ranks);
+                [r * ro, r * ri]
+            }
+            Model::Svd => [ranks[0], ranks[0]],
+        }
+    }
+
+    /// The method's name in messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Model::Chain { method, .. } => method.as_str(),
+            Model::Svd => "svd (linear layers)",
         }
     }
 }
@@ -99,36 +152,41 @@ pub enum RankChoice {
 
 /// Chooses ranks for every layer at once (`Budget` needs all layers; the others are per layer).
 ///
-/// Returns one [`RankChoice`] per layer, in order. The layers' spectra must be on modes `[0, 1]`
-/// of 4-D kernels (other layers are skipped with the reason). A layer named in `overrides` uses
-/// its own rule (or is skipped); with `Budget`, overridden layers are outside the budget, which
-/// covers the remaining layers only.
+/// Returns one [`RankChoice`] per layer, in order. Conv layers (4-D) are compressed by `method`
+/// (`tucker` counts as `tucker2`: only the channel modes are factorized), 2-D layers by a
+/// truncated SVD (see the module documentation). The layers' spectra must be on modes `[0, 1]`
+/// (other layers are skipped with the reason). A layer named in `overrides` uses its own rule (or
+/// is skipped); with `Budget`, overridden layers are outside the budget, which covers the
+/// remaining layers only.
 ///
-/// Per-layer rules:
-/// - `fixed`: the given ranks, lowered to the caps of [`ParamModel::caps`].
+/// Per-layer rules (per group for a grouped conv):
+/// - `fixed`: the given ranks, lowered to the caps of the method (`⌊d/R⌋` per mode for BTD); a
+///   2-D layer takes the smaller of two ranks (or the one rank given), at most `min(out, in)`.
 /// - `energy:f`: per mode the [`LayerSpectra::energy_rank`] `r_n`; BTD with `R` terms takes
-///   `⌈r_n/R⌉` per term (total ranks at least `r_n`), CP takes `R = max(r_0, r_1)` (the CP rank
-///   is at least every multilinear rank).
+///   `⌈r_n/R⌉` per term (total ranks at least `r_n`), CP takes `K = max(r_0, r_1)` (the CP rank
+///   is at least every multilinear rank), SVD `r_0`.
 /// - `ratio:x`: the largest `k` such that the ranks `(clamp(round(k·o/m)), clamp(round(k·i/m)))`,
 ///   `m = max(o, i)`, each clamped to `[1, cap]`, give at most `params/x` parameters; CP: the
-///   largest `R` with `R·(o + i + kh·kw) ≤ params/x`.
-/// - `vbmf`: per mode the rank of [`vbmf_rank`] on the unfolding's singular values, mapped to
-///   BTD and CP as for `energy`.
+///   largest `K` with `K·(o + i + kh·kw) ≤ params/x`; SVD: the largest `r` with
+///   `r·(o + i) ≤ params/x`.
+/// - `vbmf`: per mode the rank of [`vbmf_rank`] on the unfolding's singular values (the largest
+///   over the groups of a grouped conv), mapped to BTD, CP and SVD as for `energy`.
 ///
 /// Errors: `fixed` with the wrong number of ranks for the method, BTD with zero terms, spectra
 /// not on modes `[0, 1]`, and a budget too small for rank-1 chains of all its layers.
 pub fn choose_ranks(
     rule: &RankRule,
     layers: &[LayerSpectra],
-    model: &ParamModel,
+    method: Method,
     overrides: &Overrides,
 ) -> Result<Vec<RankChoice>> {
-    if let ParamModel::Btd { terms: 0 } = model {
+    if let Method::Btd { terms: 0 } = method {
         return Err(GbtdError::Options("BTD needs at least one term".into()));
     }
+    let models: Vec<Model> = layers.iter().map(|l| Model::of(method, l)).collect();
     let mut out: Vec<Option<RankChoice>> = vec![None; layers.len()];
     let mut pool = Vec::new();
-    for (k, layer) in layers.iter().enumerate() {
+    for (k, (layer, model)) in layers.iter().zip(&models).enumerate() {
         if let Some(why) = structural_skip(layer, model)? {
             out[k] = Some(RankChoice::Skip(why));
             continue;
@@ -148,14 +206,14 @@ pub fn choose_ranks(
         }
     }
     if let RankRule::Budget(f) = rule {
-        let members: Vec<&LayerSpectra> = pool.iter().map(|&k| &layers[k]).collect();
-        for (k, choice) in pool.iter().zip(budget::allocate(*f, &members, model)?) {
+        let members: Vec<(&LayerSpectra, Model)> = pool.iter().map(|&k| (&layers[k], models[k])).collect();
+        for (k, choice) in pool.iter().zip(budget::allocate(*f, &members)?) {
             out[*k] = Some(choice);
         }
     }
     out.into_iter()
-        .zip(layers)
-        .map(|(c, layer)| match c {
+        .zip(layers.iter().zip(&models))
+        .map(|(c, (layer, model))| match c {
             Some(RankChoice::Ranks(r)) => Ok(worth_it(layer, model, r)),
             Some(skip) => Ok(skip),
             None => Err(GbtdError::internal(format!(
@@ -175,10 +233,10 @@ fn in_layer(name: &str, e: GbtdError) -> GbtdError {
 
 /// Why the layer cannot be compressed whatever the ranks, if so. Spectra not on modes `[0, 1]`
 /// are an error (a caller's mistake, not a property of the layer).
-fn structural_skip(layer: &LayerSpectra, model: &ParamModel) -> Result<Option<String>> {
-    if layer.shape.len() != 4 {
+fn structural_skip(layer: &LayerSpectra, model: &Model) -> Result<Option<String>> {
+    if layer.shape.len() != 4 && layer.shape.len() != 2 {
         return Ok(Some(format!(
-            "not a 4-D conv kernel (shape {:?}); only (out, in, kh, kw) kernels are compressed",
+            "not a 4-D conv kernel or a 2-D weight (shape {:?})",
             layer.shape
         )));
     }
@@ -188,26 +246,35 @@ fn structural_skip(layer: &LayerSpectra, model: &ParamModel) -> Result<Option<St
             layer.name, layer.modes
         )));
     }
-    if layer.shape[1] == 1 {
+    let g = model.group_shape(&layer.shape);
+    let per_group = if layer.groups > 1 {
+        format!(" per group ({} groups)", layer.groups)
+    } else {
+        String::new()
+    };
+    if g[1] == 1 {
         return Ok(Some(format!(
-            "input mode has dimension 1 (a depthwise or grouped kernel {:?}): a decomposition of modes 0 and 1 cannot make it smaller",
+            "input mode has dimension 1{per_group} (a depthwise kernel {:?}): a decomposition of modes 0 and 1 cannot make it smaller",
             layer.shape
         )));
     }
-    if layer.shape[0] == 1 {
+    if g[0] == 1 {
         return Ok(Some(format!(
-            "output mode has dimension 1 (kernel {:?}): a decomposition of modes 0 and 1 cannot make it smaller",
+            "output mode has dimension 1{per_group} (kernel {:?}): a decomposition of modes 0 and 1 cannot make it smaller",
             layer.shape
         )));
     }
     if model.caps(&layer.shape).is_some_and(|[a, b]| a == 0 || b == 0) {
         let t = match model {
-            ParamModel::Btd { terms } => *terms,
+            Model::Chain {
+                method: Method::Btd { terms },
+                ..
+            } => *terms,
             _ => 1,
         };
         return Ok(Some(format!(
-            "{t} terms do not fit the dims {:?}: each term needs at least one channel per mode",
-            &layer.shape[..2]
+            "{t} terms do not fit the dims {:?}{per_group}: each term needs at least one channel per mode",
+            &g[..2]
         )));
     }
     if layer.total_energy() <= 0.0 {
@@ -217,24 +284,35 @@ fn structural_skip(layer: &LayerSpectra, model: &ParamModel) -> Result<Option<St
 }
 
 /// A per-layer rule on one layer that passed [`structural_skip`].
-fn per_layer(rule: &RankRule, layer: &LayerSpectra, model: &ParamModel) -> Result<RankChoice> {
+fn per_layer(rule: &RankRule, layer: &LayerSpectra, model: &Model) -> Result<RankChoice> {
     let shape = &layer.shape;
     let caps = model.caps(shape);
+    let limit = model.rank_limit(shape);
     let cap = |r: usize, n: usize| caps.map_or(r, |c| r.min(c[n]).max(1));
+    let one = |r: usize| limit.map_or(r, |l| r.min(l)).max(1);
     let from_modes = |r0: usize, r1: usize| -> Vec<usize> {
         match model {
-            ParamModel::Tucker2 => vec![cap(r0, 0), cap(r1, 1)],
-            ParamModel::Btd { terms } => vec![cap(r0.div_ceil(*terms), 0), cap(r1.div_ceil(*terms), 1)],
-            ParamModel::Cp => vec![r0.max(r1)],
+            Model::Chain {
+                method: Method::Btd { terms },
+                ..
+            } => vec![cap(r0.div_ceil(*terms), 0), cap(r1.div_ceil(*terms), 1)],
+            Model::Chain {
+                method: Method::Cp, ..
+            } => vec![r0.max(r1)],
+            Model::Chain { .. } => vec![cap(r0, 0), cap(r1, 1)],
+            Model::Svd => vec![one(r0)],
         }
     };
     Ok(match rule {
-        RankRule::Fixed(r) => {
-            if r.len() != model.n_ranks() {
+        RankRule::Fixed(r) => match model {
+            Model::Svd if !r.is_empty() && r.len() <= 2 => {
+                RankChoice::Ranks(vec![one(r.iter().copied().min().unwrap_or(1))])
+            }
+            _ if r.len() != model.n_ranks() => {
                 return Err(GbtdError::Options(format!(
                     "{rule} gives {} rank(s) but {} needs {}",
                     r.len(),
-                    method_name(model),
+                    model.name(),
                     if model.n_ranks() == 2 {
                         "2 (fixed:R_OUT,R_IN)"
                     } else {
@@ -242,23 +320,18 @@ fn per_layer(rule: &RankRule, layer: &LayerSpectra, model: &ParamModel) -> Resul
                     }
                 )));
             }
-            RankChoice::Ranks(match model {
-                ParamModel::Cp => r.clone(),
-                _ => vec![cap(r[0], 0), cap(r[1], 1)],
-            })
-        }
+            Model::Chain {
+                method: Method::Cp, ..
+            } => RankChoice::Ranks(r.clone()),
+            _ => RankChoice::Ranks(vec![cap(r[0], 0), cap(r[1], 1)]),
+        },
         RankRule::Energy(f) => match (layer.energy_rank(0, *f), layer.energy_rank(1, *f)) {
             (Some(a), Some(b)) => RankChoice::Ranks(from_modes(a, b)),
             _ => RankChoice::Skip("all-zero kernel: nothing to decompose".into()),
         },
         RankRule::Ratio(x) => ratio_ranks(*x, shape, model),
         RankRule::Vbmf => {
-            let mut r = [0usize; 2];
-            for (n, rn) in r.iter_mut().enumerate() {
-                let (rows, cols) = layer.unfolding_dims(n);
-                let s: Vec<f64> = layer.sq_singular_values[n].iter().map(|v| v.sqrt()).collect();
-                *rn = vbmf_rank(&s, rows, cols).0;
-            }
+            let r = layer.vbmf_ranks();
             if r.contains(&0) {
                 RankChoice::Skip(format!(
                     "vbmf retains no component of mode {} (the unfolding looks like noise)",
@@ -276,16 +349,8 @@ fn per_layer(rule: &RankRule, layer: &LayerSpectra, model: &ParamModel) -> Resul
     })
 }
 
-fn method_name(model: &ParamModel) -> &'static str {
-    match model {
-        ParamModel::Tucker2 => "tucker2",
-        ParamModel::Btd { .. } => "btd",
-        ParamModel::Cp => "cp",
-    }
-}
-
 /// `ratio:x` on one layer (see [`choose_ranks`]).
-fn ratio_ranks(x: f64, shape: &[usize], model: &ParamModel) -> RankChoice {
+fn ratio_ranks(x: f64, shape: &[usize], model: &Model) -> RankChoice {
     let before: usize = shape.iter().product();
     let target = before as f64 / x;
     let fits = |r: &[usize]| model.params(shape, r) as f64 <= target;
@@ -293,14 +358,16 @@ fn ratio_ranks(x: f64, shape: &[usize], model: &ParamModel) -> RankChoice {
         None => {
             let per = model.params(shape, &[1]) as f64;
             let r = (target / per).floor() as usize;
+            let r = model.rank_limit(shape).map_or(r, |l| r.min(l));
             (r >= 1).then(|| vec![r])
         }
         Some(caps) => {
-            let m = shape[0].max(shape[1]);
+            let g = model.group_shape(shape);
+            let m = g[0].max(g[1]);
             let mut best = None;
             // Both ranks are non-decreasing in k, so the parameter count is too.
             for k in 1..=m {
-                let r = proportional(k, shape, caps);
+                let r = proportional(k, &g, caps);
                 if fits(&r) {
                     best = Some(r);
                 } else {
@@ -323,7 +390,8 @@ fn ratio_ranks(x: f64, shape: &[usize], model: &ParamModel) -> RankChoice {
     }
 }
 
-/// Step `k` of the proportional path: `clamp(round(k·d_n/m), 1, cap_n)` with `m = max(o, i)`.
+/// Step `k` of the proportional path: `clamp(round(k·d_n/m), 1, cap_n)` with `m = max(o, i)` of
+/// the (group) kernel `shape`.
 pub(crate) fn proportional(k: usize, shape: &[usize], caps: [usize; 2]) -> Vec<usize> {
     let m = shape[0].max(shape[1]) as f64;
     (0..2)
@@ -331,15 +399,23 @@ pub(crate) fn proportional(k: usize, shape: &[usize], caps: [usize; 2]) -> Vec<u
         .collect()
 }
 
-/// The final check of every chosen rank vector: skip when the chain is not smaller.
-fn worth_it(layer: &LayerSpectra, model: &ParamModel, ranks: Vec<usize>) -> RankChoice {
+/// The final check of every chosen rank vector: skip when the factorized layer is not smaller.
+fn worth_it(layer: &LayerSpectra, model: &Model, ranks: Vec<usize>) -> RankChoice {
     let before: usize = layer.shape.iter().product();
     let after = model.params(&layer.shape, &ranks);
     let total = model.total_ranks(&ranks);
-    if !matches!(model, ParamModel::Cp) && total[0] >= layer.shape[0] && total[1] >= layer.shape[1] {
+    let g = model.group_shape(&layer.shape);
+    let cp = matches!(
+        model,
+        Model::Chain {
+            method: Method::Cp,
+            ..
+        }
+    );
+    if !cp && total[0] >= g[0] && total[1] >= g[1] {
         return RankChoice::Skip(format!(
             "ranks {ranks:?} keep the full dimensions {:?}: nothing is gained",
-            &layer.shape[..2]
+            &g[..2]
         ));
     }
     if after >= before {

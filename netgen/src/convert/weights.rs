@@ -2,7 +2,7 @@
 //! module documentation of [`crate::convert`] for what is exact and what is approximate).
 use std::collections::{BTreeMap, HashMap};
 
-use gbtd::collective::{CollectiveOptions, collective_btd};
+use gbtd::collective::{ChannelRanks, CollectiveOptions, collective_btd};
 use gbtd::layers::LayerChain;
 use gbtd::linalg::leading_left_singular_vectors;
 use gbtd::options::Init;
@@ -256,7 +256,7 @@ pub fn convert_weights(
                 inputs.push(m_u);
             }
             let views: Vec<_> = kernels.iter().map(|k| k.view()).collect();
-            let copts = CollectiveOptions::new(r, vec![d, d])
+            let copts = CollectiveOptions::new(r, ChannelRanks::new(d, d))
                 .with_n_iter_max(opts.n_iter_max)
                 .with_tol(opts.tol)
                 .with_seed(opts.seed);
