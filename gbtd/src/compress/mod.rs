@@ -80,7 +80,7 @@ pub use layer::{AnyFactorized, LayerGeometry, LayerMeta, WeightView, factorize, 
 use layer::{WeightSource, run};
 pub use layer_info::read_layer_info;
 use model::ModelFile;
-pub use model::RawTensor;
+pub use model::{RawTensor, read_all};
 pub use report::Totals;
 
 /// What a compressed layer is.

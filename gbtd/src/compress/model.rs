@@ -165,13 +165,42 @@ impl ModelFile {
                 })
             }
             ModelFile::Pth { path } => {
-                let t = pth::read_tensor(path, Some(name)).map_err(|e| IoError::Corrupt {
-                    path: path.clone(),
-                    msg: e.to_string(),
-                })?;
+                let t = pth::read_tensor(path, Some(name)).map_err(|e| checkpoint::to_io(path, e))?;
                 Ok(raw_from_pth(t.shape, &t.data))
             }
             ModelFile::Npz { path } => Ok(raw_from_named(&npz::read(path, Some(name))?)),
+        }
+    }
+}
+
+/// Every tensor of a model file (a PyTorch checkpoint of either `torch.save` format,
+/// `.safetensors`, `.npz`) or the array of a `.npy` file (named `""`), each with its bytes in its
+/// own dtype: all dtypes of checkpoints and `.safetensors` files, the floating-point members of
+/// `.npz` files (checked finite). Nothing in the file is executed (see [`crate::pth`]). In file
+/// order for checkpoints and `.npz`, sorted by name for `.safetensors`.
+pub fn read_all(path: &Path) -> IoResult<Vec<(String, RawTensor)>> {
+    match Format::from_path(path)? {
+        Format::Npy => {
+            let t = formats::read_tensor(path, None)?;
+            Ok(vec![(String::new(), raw_from_named(&t))])
+        }
+        Format::Pth => {
+            let ck = pth::read(path).map_err(|e| checkpoint::to_io(path, e))?;
+            Ok(ck
+                .tensors
+                .into_iter()
+                .map(|t| (t.name, raw_from_pth(t.shape, &t.data)))
+                .collect())
+        }
+        _ => {
+            let m = ModelFile::open(path)?;
+            m.list()?
+                .into_iter()
+                .map(|t| {
+                    let raw = m.read_raw(&t.name)?;
+                    Ok((t.name, raw))
+                })
+                .collect()
         }
     }
 }

@@ -44,7 +44,8 @@ use serde_json::{Value, json};
 use super::chain::Factorized;
 use super::layer::AnyFactorized;
 use super::model::{RawTensor, raw_from_real};
-use super::{CompressError, Compressed, LayerKind, LayerReport};
+use super::{CompressError, Compressed, LayerKind, LayerReport, Skipped};
+use crate::decomposition::Method;
 use crate::formats::{IoError, write_atomic};
 use crate::real::Real;
 
@@ -61,7 +62,8 @@ fn conv_json(weight: String, cin: usize, cout: usize, k: [usize; 2], groups: usi
            "groups": groups, "stride": stride, "padding": padding})
 }
 
-fn layer_json(l: &LayerReport) -> Value {
+/// One layer's entry of the `gbtd.compress` description (see the module documentation).
+pub fn layer_json(l: &LayerReport) -> Value {
     let n = &l.name;
     let bias = |last: &str| {
         if l.bias {
@@ -112,15 +114,28 @@ fn layer_json(l: &LayerReport) -> Value {
 
 /// The `gbtd.compress` metadata object.
 pub(crate) fn metadata_json(c: &Compressed) -> Value {
+    description_json(&c.source, c.method, &c.rank_rule, &c.layers, &c.skipped)
+}
+
+/// The `gbtd.compress` metadata object for compressed `layers` and `skipped` candidates of the
+/// model `source`, compressed by `method` under `rank_rule` (what [`Compressed::write`] stores
+/// and what the Python package stores for a compressed PyTorch model).
+pub fn description_json(
+    source: &str,
+    method: Method,
+    rank_rule: &str,
+    layers: &[LayerReport],
+    skipped: &[Skipped],
+) -> Value {
     json!({
         "format": "gbtd.compress",
         "version": 1,
         "generator": format!("gbtd {}", env!("CARGO_PKG_VERSION")),
-        "source": c.source,
-        "method": c.method.as_str(),
-        "rank_rule": c.rank_rule,
-        "layers": c.layers.iter().map(layer_json).collect::<Vec<_>>(),
-        "skipped": c.skipped.iter().map(|s| json!({
+        "source": source,
+        "method": method.as_str(),
+        "rank_rule": rank_rule,
+        "layers": layers.iter().map(layer_json).collect::<Vec<_>>(),
+        "skipped": skipped.iter().map(|s| json!({
             "name": s.name(), "tensor": s.tensor, "shape": s.shape, "dtype": s.dtype, "reason": s.reason,
         })).collect::<Vec<_>>(),
     })
@@ -199,24 +214,32 @@ impl Compressed {
                 )));
             }
         }
-        let werr = |e: String| {
-            CompressError::Io(IoError::Write {
-                path: out.to_path_buf(),
-                source: std::io::Error::other(e),
-            })
-        };
-        let mut views = Vec::with_capacity(entries.len());
-        for (name, t) in &entries {
-            let v = TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
-                .map_err(|e| werr(format!("tensor '{name}': {e}")))?;
-            views.push((name.clone(), v));
-        }
         let mut meta: HashMap<String, String> = self.model.metadata()?.into_iter().collect();
         meta.entry("format".into()).or_insert_with(|| "pt".into());
         meta.insert(METADATA_KEY.into(), metadata_json(self).to_string());
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| werr(e.to_string()))?;
-        drop(entries);
-        write_atomic(out, |w| w.write_all(&bytes))?;
+        write_raw(out, &entries, meta)?;
         Ok(())
     }
+}
+
+/// Writes `entries` (names with their dtype, shape and little-endian bytes) and the string
+/// metadata `meta` as a `.safetensors` file at `out`, atomically. Errors: a tensor whose bytes do
+/// not match its dtype and shape, or a write failure (nothing is left at `out`).
+pub fn write_raw(
+    out: &Path,
+    entries: &[(String, RawTensor)],
+    meta: HashMap<String, String>,
+) -> Result<(), IoError> {
+    let werr = |e: String| IoError::Write {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
+    let mut views = Vec::with_capacity(entries.len());
+    for (name, t) in entries {
+        let v = TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+            .map_err(|e| werr(format!("tensor '{name}': {e}")))?;
+        views.push((name.clone(), v));
+    }
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| werr(e.to_string()))?;
+    write_atomic(out, |w| w.write_all(&bytes))
 }

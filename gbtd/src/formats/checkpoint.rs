@@ -10,7 +10,8 @@ use std::path::Path;
 use super::{AnyTensor, DType, IoError, IoResult, NamedTensor, TensorInfo};
 use crate::pth::{self, PthData, PthError};
 
-fn to_io(path: &Path, e: PthError) -> IoError {
+/// A checkpoint error as a file error (a missing file stays a missing file).
+pub(crate) fn to_io(path: &Path, e: PthError) -> IoError {
     match e {
         PthError::Io { source, .. } => IoError::Read {
             path: path.to_path_buf(),

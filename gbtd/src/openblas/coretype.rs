@@ -300,6 +300,24 @@ pub fn ensure_kernels_match_cpu(program: &str, announce: bool) -> Decision {
     decision
 }
 
+/// Makes this process run OpenBLAS kernels that match the CPU without running itself again:
+/// when [`detect`] asks for a switch, OpenBLAS's kernel family is chosen again in place
+/// ([`super::ffi::reselect_core`]). Returns the decision and whether the switch took effect
+/// (false when none was needed or the linked OpenBLAS cannot switch in place).
+///
+/// # Safety
+/// As for [`super::ffi::reselect_core`]: call it before any BLAS work, while no other thread
+/// uses this OpenBLAS or the environment (a Python extension module's initialisation).
+pub unsafe fn match_kernels_in_place() -> (Decision, bool) {
+    let decision = detect();
+    let switched = match decision.switch_to() {
+        // SAFETY: forwarded to the caller.
+        Some(coretype) => unsafe { super::ffi::reselect_core(coretype) },
+        None => false,
+    };
+    (decision, switched)
+}
+
 /// Replaces this process by the same executable with the same arguments and `OPENBLAS_CORETYPE`
 /// set; returns only on failure.
 #[cfg(unix)]

@@ -4,7 +4,9 @@
 //! OpenBLAS's public API (declared in its `cblas.h`) and are linked directly. Joining the idle
 //! worker threads has no public entry point: it uses `blas_thread_shutdown_`, the routine behind
 //! OpenBLAS's own `fork` handler, looked up at run time so that gbtd still loads (without that
-//! feature) with an OpenBLAS build that lacks it, such as a single-threaded one.
+//! feature) with an OpenBLAS build that lacks it, such as a single-threaded one. Choosing another
+//! kernel family in a running process ([`reselect_core`]) likewise uses the `DYNAMIC_ARCH`
+//! build's own `gotoblas_dynamic_quit` / `gotoblas_dynamic_init`, looked up at run time.
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
 use std::sync::OnceLock;
@@ -78,4 +80,48 @@ pub unsafe fn join_idle_workers() -> bool {
         }
         None => false,
     }
+}
+
+type DynamicArch = unsafe extern "C" fn();
+
+fn dynamic_fn(name: &std::ffi::CStr) -> Option<DynamicArch> {
+    // SAFETY: dlsym on the global scope with a NUL-terminated name; the symbols looked up here,
+    // when present, are OpenBLAS's `void gotoblas_dynamic_quit(void)` / `..._init(void)`.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    // SAFETY: a non-null result is the address of that function.
+    (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, DynamicArch>(p) })
+}
+
+/// Makes a `DYNAMIC_ARCH` OpenBLAS run the kernel family `coretype` (an `OPENBLAS_CORETYPE`
+/// value such as `"SkylakeX"`) from now on, without restarting the process: its selection is
+/// undone (`gotoblas_dynamic_quit`) and made again (`gotoblas_dynamic_init`) with
+/// `OPENBLAS_CORETYPE` set for the moment of the call (the variable is restored afterwards, so
+/// child processes and other libraries do not see it). Returns whether OpenBLAS now reports
+/// `coretype`; false, changing nothing, when the linked OpenBLAS lacks these routines.
+///
+/// This is for a process that cannot run itself again to set the variable before OpenBLAS
+/// loads, such as a Python interpreter importing gbtd's extension module.
+///
+/// # Safety
+/// No thread may be inside a BLAS or LAPACK call of this OpenBLAS, or start one, until this
+/// returns, and no other thread may read or write the environment meanwhile.
+pub unsafe fn reselect_core(coretype: &str) -> bool {
+    let (Some(quit), Some(init)) = (
+        dynamic_fn(c"gotoblas_dynamic_quit"),
+        dynamic_fn(c"gotoblas_dynamic_init"),
+    ) else {
+        return false;
+    };
+    let previous = std::env::var_os("OPENBLAS_CORETYPE");
+    // SAFETY: the caller guarantees that no other thread touches the environment or OpenBLAS.
+    unsafe {
+        std::env::set_var("OPENBLAS_CORETYPE", coretype);
+        quit();
+        init();
+        match previous {
+            Some(v) => std::env::set_var("OPENBLAS_CORETYPE", v),
+            None => std::env::remove_var("OPENBLAS_CORETYPE"),
+        }
+    }
+    core_name().eq_ignore_ascii_case(coretype)
 }
