@@ -92,7 +92,15 @@ pub fn run(args: &CollectiveArgs) -> Result<()> {
     })?;
     let format = Format::from_path(&args.model)?;
     if let Some(out) = &args.out {
-        check_out(out, &args.model, format)?;
+        formats::check_output_path(
+            out,
+            &["safetensors"],
+            "the compressed checkpoint",
+            &args.model,
+            "model",
+        )
+        .context("--out")?;
+        check_copyable(&args.model, format)?;
     }
     let listed = formats::list_tensors(&args.model)?;
     let matching: Vec<&formats::TensorInfo> = listed.iter().filter(|t| re.is_match(&t.name)).collect();
@@ -212,36 +220,14 @@ fn run_typed<T: Real>(args: &CollectiveArgs, kernels: &[NamedTensor], [d3s, d4s]
     print_report(&report, args.json).context("cannot write to standard output")
 }
 
-/// Checks `--out` before any work: a `.safetensors` name in an existing directory, not the model,
-/// and a model whose every tensor can be copied (a `.safetensors` file or a PyTorch checkpoint).
-fn check_out(out: &Path, model: &Path, format: Format) -> Result<()> {
-    if Format::from_path(out).ok() != Some(Format::Safetensors) {
-        bail!(
-            "--out {}: compressed checkpoints are written as .safetensors; use a name ending in .safetensors",
-            out.display()
-        );
-    }
+/// Checks before any work that every tensor of the model can be copied to `--out` (a
+/// `.safetensors` file or a PyTorch checkpoint).
+fn check_copyable(model: &Path, format: Format) -> Result<()> {
     if !matches!(format, Format::Safetensors | Format::Pth) {
         bail!(
             "--out needs MODEL as a .safetensors file or a PyTorch checkpoint (every tensor is copied with its dtype); convert {} first",
             model.display()
         );
-    }
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "--out {}: directory {} does not exist; create it first or choose another path",
-            out.display(),
-            dir.display()
-        );
-    }
-    if let (Ok(a), Ok(b)) = (out.canonicalize(), model.canonicalize())
-        && a == b
-    {
-        bail!("--out {} is the model file; choose another name", out.display());
     }
     Ok(())
 }
