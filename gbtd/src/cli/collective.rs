@@ -2,7 +2,7 @@
 //! ([`gbtd::collective::collective_btd`]) of the conv kernels whose names match, with a report of
 //! each kernel's error and of the parameters against independent BTDs and the originals, and
 //! optionally a compressed checkpoint in the format of `gbtd compress --out`
-//! ([`super::chain_file`]).
+//! ([`gbtd::compress::writer`]).
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 
 use gbtd::Real;
 use gbtd::collective::{Collective, CollectiveOptions, collective_btd};
+use gbtd::compress::writer::METADATA_KEY;
 use gbtd::formats::{self, DType, Format, NamedTensor};
 use gbtd::layers::LayerChain;
 use gbtd::options::{Init, IterOptions};
 use gbtd::pth::{self, PthData};
 
 use super::args::{CollectiveArgs, InitArg};
-use super::chain_file::METADATA_KEY;
 use super::report;
 
 /// One kernel's line of the report.

@@ -57,6 +57,7 @@ use crate::tucker::{TuckerOptions, tucker};
 
 mod model;
 mod report;
+pub mod verify;
 pub mod writer;
 
 pub use crate::ranks::{LayerSpectra, Overrides, ParamModel, RankChoice, RankRule, choose_ranks};

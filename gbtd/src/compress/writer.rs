@@ -22,6 +22,8 @@
 //! `padding` are `null`: "those of the original conv", which a state dict does not record.
 //!
 //! The file is written atomically ([`crate::formats::write_atomic`]).
+//!
+//! [`read_description`] reads the description back (see [`description`]).
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -37,6 +39,10 @@ use crate::real::Real;
 
 /// The metadata key of the description.
 pub const METADATA_KEY: &str = "gbtd.compress";
+
+pub mod description;
+
+pub use description::{ChainConv, DescribedLayer, Description, DescriptionError, read_description};
 
 fn conv_json(weight: String, cin: usize, cout: usize, k: [usize; 2], groups: usize, fixed: bool) -> Value {
     let (stride, padding) = if fixed {
