@@ -16,7 +16,6 @@ use gbtd::openblas::{ThreadPolicy, default_threads, ensure_kernels_match_cpu};
 mod cli {
     pub mod args;
     pub mod blas_info;
-    pub mod chain_file;
     pub mod collective;
     pub mod compress;
     pub mod decompose;

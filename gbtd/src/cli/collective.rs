@@ -2,29 +2,23 @@
 //! ([`gbtd::collective::collective_btd`]) of the conv kernels whose names match, with a report of
 //! each kernel's error and of the parameters against independent BTDs and the originals, and
 //! optionally a compressed checkpoint in the format of `gbtd compress --out`
-//! ([`super::chain_file`]).
-use std::collections::{BTreeMap, HashMap};
+//! ([`gbtd::compress::writer::write_collective`]).
 use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::ArrayD;
 use regex::Regex;
-use safetensors::Dtype;
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use gbtd::Real;
-use gbtd::collective::{ChannelRanks, Collective, CollectiveOptions, collective_btd};
-use gbtd::formats::{self, DType, Format, NamedTensor};
-use gbtd::layers::LayerChain;
+use gbtd::collective::{ChannelRanks, CollectiveOptions, collective_btd};
+use gbtd::compress::writer::{check_replaceable, write_collective};
+use gbtd::formats::{self, DType, NamedTensor};
 use gbtd::options::{Init, IterOptions};
-use gbtd::pth::{self, PthData};
 
 use super::args::{CollectiveArgs, InitArg};
-use super::chain_file::METADATA_KEY;
 use super::report;
 
 /// One kernel's line of the report.
@@ -90,9 +84,15 @@ pub fn run(args: &CollectiveArgs) -> Result<()> {
             e.to_string().replace('\n', " ")
         )
     })?;
-    let format = Format::from_path(&args.model)?;
     if let Some(out) = &args.out {
-        check_out(out, &args.model, format)?;
+        formats::check_output_path(
+            out,
+            &["safetensors"],
+            "the compressed checkpoint",
+            &args.model,
+            "model",
+        )
+        .context("--out")?;
     }
     let listed = formats::list_tensors(&args.model)?;
     let matching: Vec<&formats::TensorInfo> = listed.iter().filter(|t| re.is_match(&t.name)).collect();
@@ -124,7 +124,8 @@ pub fn run(args: &CollectiveArgs) -> Result<()> {
         }
     }
     if args.out.is_some() {
-        check_out_names(&args.model, &matching, &listed)?;
+        let names: Vec<&str> = matching.iter().map(|t| t.name.as_str()).collect();
+        check_replaceable(&args.model, &listed, &names).context("--out")?;
     }
     let kernels: Vec<NamedTensor> = matching
         .iter()
@@ -172,7 +173,7 @@ fn run_typed<T: Real>(args: &CollectiveArgs, kernels: &[NamedTensor], [d3s, d4s]
     bar.finish_and_clear();
     let c = result.context("collective factorization failed")?;
     if let Some(out) = &args.out {
-        write_checkpoint(args, out, kernels, &c, [d3s, d4s])?;
+        write_collective(&args.model, kernels, &c, &args.tensors, out)?;
     }
     let conv = &c.btd.convergence;
     let params_original: usize = data.iter().map(|a| a.len()).sum();
@@ -210,251 +211,6 @@ fn run_typed<T: Real>(args: &CollectiveArgs, kernels: &[NamedTensor], [d3s, d4s]
         out: args.out.as_ref().map(|p| p.display().to_string()),
     };
     print_report(&report, args.json).context("cannot write to standard output")
-}
-
-/// Checks `--out` before any work: a `.safetensors` name in an existing directory, not the model,
-/// and a model whose every tensor can be copied (a `.safetensors` file or a PyTorch checkpoint).
-fn check_out(out: &Path, model: &Path, format: Format) -> Result<()> {
-    if Format::from_path(out).ok() != Some(Format::Safetensors) {
-        bail!(
-            "--out {}: compressed checkpoints are written as .safetensors; use a name ending in .safetensors",
-            out.display()
-        );
-    }
-    if !matches!(format, Format::Safetensors | Format::Pth) {
-        bail!(
-            "--out needs MODEL as a .safetensors file or a PyTorch checkpoint (every tensor is copied with its dtype); convert {} first",
-            model.display()
-        );
-    }
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "--out {}: directory {} does not exist; create it first or choose another path",
-            out.display(),
-            dir.display()
-        );
-    }
-    if let (Ok(a), Ok(b)) = (out.canonicalize(), model.canonicalize())
-        && a == b
-    {
-        bail!("--out {} is the model file; choose another name", out.display());
-    }
-    Ok(())
-}
-
-/// Checks before any work that every kernel is named `NAME.weight` and that the model has none of
-/// the chain's names yet (`--out`).
-fn check_out_names(
-    model: &Path,
-    kernels: &[&formats::TensorInfo],
-    all: &[formats::TensorInfo],
-) -> Result<()> {
-    for k in kernels {
-        let Some(name) = k.name.strip_suffix(".weight") else {
-            bail!(
-                "--out needs conv weights named NAME.weight (the PyTorch convention); '{}' is not",
-                k.name
-            );
-        };
-        let chain = [0, 1, 2].map(|i| format!("{name}.{i}.weight"));
-        if let Some(clash) = chain
-            .iter()
-            .chain([&format!("{name}.2.bias")])
-            .find(|n| all.iter().any(|t| &&t.name == n))
-        {
-            bail!(
-                "{} already has a tensor '{clash}' (is it already compressed?); give the uncompressed model",
-                model.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// A tensor to write: its dtype, shape and little-endian bytes.
-struct Raw {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-/// Every tensor of the model with its stored dtype and bytes, and (for `.safetensors`) the
-/// file's own metadata.
-fn read_raw(path: &Path) -> Result<(BTreeMap<String, Raw>, BTreeMap<String, String>)> {
-    let mut out = BTreeMap::new();
-    match Format::from_path(path)? {
-        Format::Safetensors => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let st = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| anyhow!("{}: not a readable .safetensors file: {e}", path.display()))?;
-            for (name, v) in st.iter() {
-                out.insert(
-                    name.to_string(),
-                    Raw {
-                        dtype: v.dtype(),
-                        shape: v.shape().to_vec(),
-                        bytes: v.data().to_vec(),
-                    },
-                );
-            }
-            let meta = formats::read_safetensors_metadata(path)?;
-            Ok((out, meta))
-        }
-        Format::Pth => {
-            let ck = pth::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            for t in ck.tensors {
-                let (dtype, bytes) = pth_bytes(&t.data);
-                out.insert(
-                    t.name,
-                    Raw {
-                        dtype,
-                        shape: t.shape,
-                        bytes,
-                    },
-                );
-            }
-            Ok((out, BTreeMap::new()))
-        }
-        _ => bail!(
-            "{}: only .safetensors and PyTorch checkpoints are copied",
-            path.display()
-        ),
-    }
-}
-
-/// The safetensors dtype and little-endian bytes of checkpoint data.
-fn pth_bytes(d: &PthData) -> (Dtype, Vec<u8>) {
-    fn le<const N: usize, X: Copy>(v: &[X], f: impl Fn(X) -> [u8; N]) -> Vec<u8> {
-        v.iter().flat_map(|&x| f(x)).collect()
-    }
-    match d {
-        PthData::F32(v) => (Dtype::F32, le(v, f32::to_le_bytes)),
-        PthData::F64(v) => (Dtype::F64, le(v, f64::to_le_bytes)),
-        PthData::F16(v) => (Dtype::F16, le(v, |x: half::f16| x.to_bits().to_le_bytes())),
-        PthData::BF16(v) => (Dtype::BF16, le(v, |x: half::bf16| x.to_bits().to_le_bytes())),
-        PthData::I64(v) => (Dtype::I64, le(v, i64::to_le_bytes)),
-        PthData::I32(v) => (Dtype::I32, le(v, i32::to_le_bytes)),
-        PthData::I16(v) => (Dtype::I16, le(v, i16::to_le_bytes)),
-        PthData::I8(v) => (Dtype::I8, le(v, i8::to_le_bytes)),
-        PthData::U8(v) => (Dtype::U8, v.clone()),
-        PthData::Bool(v) => (Dtype::BOOL, v.iter().map(|&b| u8::from(b)).collect()),
-    }
-}
-
-/// A chain weight in the kernel's precision: `F64` for an `f64` kernel, else `F32`.
-fn raw_real<T: Real>(a: &ndarray::Array4<T>, f64_out: bool) -> Raw {
-    let mut bytes = Vec::with_capacity(a.len() * if f64_out { 8 } else { 4 });
-    for &v in a.as_standard_layout().iter() {
-        if f64_out {
-            bytes.extend_from_slice(&v.to_f64_exact().to_le_bytes());
-        } else {
-            bytes.extend_from_slice(&(v.to_f64_exact() as f32).to_le_bytes());
-        }
-    }
-    Raw {
-        dtype: if f64_out { Dtype::F64 } else { Dtype::F32 },
-        shape: a.shape().to_vec(),
-        bytes,
-    }
-}
-
-/// Writes the model with each kernel `NAME.weight` (and `NAME.bias`) replaced by its chain
-/// `NAME.0/1/2.weight` (and `NAME.2.bias`), and the `gbtd.compress` metadata, atomically.
-fn write_checkpoint<T: Real>(
-    args: &CollectiveArgs,
-    out: &Path,
-    kernels: &[NamedTensor],
-    c: &Collective<T>,
-    [d3s, d4s]: [usize; 2],
-) -> Result<()> {
-    let (mut tensors, mut meta) = read_raw(&args.model)?;
-    let chains = LayerChain::from_collective(c)?;
-    let r = c.n_terms();
-    let mut layers = Vec::with_capacity(kernels.len());
-    let mut shared: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    for ((k, chain), &err) in kernels.iter().zip(&chains).zip(&c.rel_errors) {
-        let Some(name) = k.name.strip_suffix(".weight") else {
-            bail!(
-                "--out needs conv weights named NAME.weight (the PyTorch convention); '{}' is not",
-                k.name
-            );
-        };
-        let names = [0, 1, 2].map(|i| format!("{name}.{i}.weight"));
-        // `check_out_names` made sure that none of these names is taken.
-        tensors.remove(&k.name);
-        let bias = tensors.remove(&format!("{name}.bias"));
-        let has_bias = bias.is_some();
-        if let Some(b) = bias {
-            tensors.insert(format!("{name}.2.bias"), b);
-        }
-        let f64_out = k.dtype == DType::F64;
-        for (n, w) in names.iter().zip([&chain.reduce, &chain.grouped, &chain.expand]) {
-            tensors.insert(n.clone(), raw_real(w, f64_out));
-        }
-        shared[0].push(names[0].clone());
-        shared[1].push(names[1].clone());
-        let s = k.data.shape();
-        let (o, i, kh, kw) = (s[0], s[1], s[2], s[3]);
-        let conv = |w: &str, cin: usize, cout: usize, ks: [usize; 2], g: usize, fixed: bool| {
-            let (st, pad) = if fixed {
-                (json!([1, 1]), json!([0, 0]))
-            } else {
-                (Value::Null, Value::Null)
-            };
-            json!({"weight": w, "in_channels": cin, "out_channels": cout, "kernel_size": ks,
-                   "groups": g, "stride": st, "padding": pad})
-        };
-        let mut last = conv(&names[2], r * d4s, o, [1, 1], 1, true);
-        last["bias"] = if has_bias {
-            json!(format!("{name}.2.bias"))
-        } else {
-            Value::Null
-        };
-        layers.push(json!({
-            "name": name, "shape": s, "dtype": k.dtype.to_string(), "method": "collective",
-            "terms": r, "ranks": [d4s, d3s], "groups": r, "bias": has_bias, "relative_error": err,
-            "params_before": o * i * kh * kw, "params_after": chain.n_params(),
-            "chain": [
-                conv(&names[0], i, r * d3s, [1, 1], 1, true),
-                conv(&names[1], r * d3s, r * d4s, [kh, kw], r, false),
-                last,
-            ],
-        }));
-    }
-    let description = json!({
-        "format": METADATA_KEY,
-        "version": 1,
-        "generator": format!("gbtd {}", env!("CARGO_PKG_VERSION")),
-        "source": args.model.display().to_string(),
-        "method": "collective",
-        "rank_rule": format!("fixed:{d4s},{d3s}"),
-        "layers": layers,
-        "skipped": [],
-        "collective": {
-            "shared": shared,
-            "tensors": args.tensors,
-            "terms": r,
-            "ranks": [d4s, d3s],
-            "params_collective": c.n_params(),
-            "params_independent": c.n_params_independent(),
-        },
-    });
-    meta.insert(METADATA_KEY.to_string(), description.to_string());
-    let mut views = Vec::with_capacity(tensors.len());
-    for (name, t) in &tensors {
-        let v = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
-            .map_err(|e| anyhow!("tensor '{name}' cannot be stored: {e}"))?;
-        views.push((name.clone(), v));
-    }
-    let meta: HashMap<String, String> = meta.into_iter().collect();
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| anyhow!("cannot serialize the checkpoint: {e}"))?;
-    formats::write_atomic(out, |w| w.write_all(&bytes))?;
-    Ok(())
 }
 
 fn print_report(r: &Report, json: bool) -> std::io::Result<()> {

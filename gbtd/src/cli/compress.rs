@@ -30,27 +30,6 @@ fn ext(p: &Path) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// Checks that `p`'s directory exists and that it is not the input.
-fn check_dir(flag: &str, p: &Path, input: &Path) -> Result<()> {
-    let dir = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "{flag} {}: directory {} does not exist; create it first or choose another path",
-            p.display(),
-            dir.display()
-        );
-    }
-    if let (Ok(a), Ok(b)) = (p.canonicalize(), input.canonicalize())
-        && a == b
-    {
-        bail!("{flag} {} is the input file; choose another name", p.display());
-    }
-    Ok(())
-}
-
 /// Every check on the arguments that can be made before reading the model.
 fn check_args(args: &CompressArgs) -> Result<(Method, Option<ReportFormat>)> {
     if !(args.tol.is_finite() && args.tol >= 0.0) {
@@ -76,25 +55,23 @@ fn check_args(args: &CompressArgs) -> Result<(Method, Option<ReportFormat>)> {
         (CompressMethodArg::Tucker2, None) => Method::Tucker2,
         (CompressMethodArg::Cp, None) => Method::Cp,
     };
-    if ext(&args.out).as_deref() != Some("safetensors") {
-        bail!(
-            "--out {}: the compressed model is written as .safetensors; use a name ending in .safetensors",
-            args.out.display()
-        );
-    }
-    check_dir("--out", &args.out, &args.model)?;
+    gbtd::formats::check_output_path(
+        &args.out,
+        &["safetensors"],
+        "the compressed model",
+        &args.model,
+        "input",
+    )
+    .context("--out")?;
     let report = match &args.report {
         None => None,
         Some(r) => {
+            gbtd::formats::check_output_path(r, &["json", "csv"], "the report", &args.model, "input")
+                .context("--report")?;
             let f = match ext(r).as_deref() {
                 Some("json") => ReportFormat::Json,
-                Some("csv") => ReportFormat::Csv,
-                _ => bail!(
-                    "--report {}: the report is written as JSON or CSV; use a name ending in .json or .csv",
-                    r.display()
-                ),
+                _ => ReportFormat::Csv,
             };
-            check_dir("--report", r, &args.model)?;
             if r == &args.out {
                 bail!("--report and --out name the same file");
             }

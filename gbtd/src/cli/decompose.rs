@@ -1,7 +1,6 @@
 //! `gbtd decompose`: read a tensor, check the method's ranks and modes against its shape, run the
 //! decomposition with a progress bar, report, and optionally save the factors.
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -143,37 +142,6 @@ fn list_of(n: usize, v: usize) -> String {
     vec![v.to_string(); n.max(1)].join(",")
 }
 
-/// Checks `--out` before any work: a `.safetensors` name in an existing directory, not the input.
-fn check_out(out: &Path, input: &Path) -> Result<()> {
-    let ext = out
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    if ext.as_deref() != Some("safetensors") {
-        bail!(
-            "--out {}: factors are written as .safetensors; use a name ending in .safetensors",
-            out.display()
-        );
-    }
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "--out {}: directory {} does not exist",
-            out.display(),
-            dir.display()
-        );
-    }
-    if let (Ok(a), Ok(b)) = (out.canonicalize(), input.canonicalize())
-        && a == b
-    {
-        bail!("--out {} is the input file; choose another name", out.display());
-    }
-    Ok(())
-}
-
 /// The JSON report (`--json`).
 #[derive(Debug, Serialize)]
 struct Report {
@@ -220,7 +188,8 @@ pub fn run(args: &DecomposeArgs) -> Result<()> {
         );
     }
     if let Some(out) = &args.out {
-        check_out(out, &args.input)?;
+        formats::check_output_path(out, &["safetensors"], "the factors", &args.input, "input")
+            .context("--out")?;
     }
     let input = formats::read_tensor(&args.input, args.tensor.as_deref())?;
     let shape = input.data.shape().to_vec();

@@ -71,6 +71,7 @@ mod layer;
 pub mod layer_info;
 mod model;
 mod report;
+pub mod verify;
 pub mod writer;
 
 pub use crate::options::{Event, Stage};
@@ -169,6 +170,14 @@ pub enum CompressError {
     /// A chain tensor's name is already taken in the model.
     #[error("{0}")]
     NameClash(String),
+    /// A kernel to replace by a chain is not named `NAME.weight`.
+    #[error(
+        "'{0}' is not named NAME.weight (the PyTorch convention for a conv's weight), which a chain NAME.0/1/2.weight replaces; select conv weights only"
+    )]
+    NotAWeight(String),
+    /// A collective factorization does not fit the kernels it is written for.
+    #[error("collective factorization: {0}")]
+    Collective(GbtdError),
 }
 
 /// One compressed layer: the report row.

@@ -34,6 +34,9 @@
 //! reader that predates grouped convs and linear layers sees the same fields with `G = 1`.
 //!
 //! The file is written atomically ([`crate::formats::write_atomic`]).
+//!
+//! A collective factorization is written in the same format by [`write_collective`], and
+//! [`read_description`] reads the description back (see [`collective`] and [`description`]).
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -51,6 +54,14 @@ use crate::real::Real;
 
 /// The metadata key of the description.
 pub const METADATA_KEY: &str = "gbtd.compress";
+
+pub mod collective;
+pub mod description;
+
+pub use collective::{check_replaceable, write_collective};
+pub use description::{
+    ChainConv, DescribedChain, DescribedLayer, Description, DescriptionError, read_description,
+};
 
 fn conv_json(weight: String, cin: usize, cout: usize, k: [usize; 2], groups: usize, fixed: bool) -> Value {
     let (stride, padding) = if fixed {
@@ -201,25 +212,40 @@ impl Compressed {
             .filter(|t| !weight_of.contains_key(&t.name) && !bias_of.contains_key(&t.name))
             .map(|t| t.name.as_str())
             .collect();
-        let mut seen = BTreeSet::new();
-        for (name, _) in &entries {
-            if !seen.insert(name.as_str()) {
-                let clash = if originals.contains(name.as_str()) {
-                    "the model already has a tensor of that name"
-                } else {
-                    "two layers produce it"
-                };
-                return Err(CompressError::NameClash(format!(
-                    "cannot write chain tensor '{name}': {clash}; exclude that layer with --skip"
-                )));
-            }
-        }
-        let mut meta: HashMap<String, String> = self.model.metadata()?.into_iter().collect();
-        meta.entry("format".into()).or_insert_with(|| "pt".into());
-        meta.insert(METADATA_KEY.into(), metadata_json(self).to_string());
-        write_raw(out, &entries, meta)?;
-        Ok(())
+        write_entries(&self.model, entries, &originals, &metadata_json(self), out)
     }
+}
+
+/// Writes `entries` (the output's tensors in order: the model's, with chains in place of the
+/// replaced weights) to `out`, with the model's own metadata (`format` set to `pt` when absent)
+/// and `description` under [`METADATA_KEY`], atomically. A name given twice is a
+/// [`CompressError::NameClash`] (nothing is written) that says whether the model already has it
+/// (it is one of `copied`, the tensors copied unchanged) or two layers produce it.
+fn write_entries(
+    model: &super::model::ModelFile,
+    entries: Vec<(String, RawTensor)>,
+    copied: &BTreeSet<&str>,
+    description: &Value,
+    out: &Path,
+) -> Result<(), CompressError> {
+    let mut seen = BTreeSet::new();
+    for (name, _) in &entries {
+        if !seen.insert(name.as_str()) {
+            let clash = if copied.contains(name.as_str()) {
+                "the model already has a tensor of that name"
+            } else {
+                "two layers produce it"
+            };
+            return Err(CompressError::NameClash(format!(
+                "cannot write chain tensor '{name}': {clash}; exclude that layer with --skip"
+            )));
+        }
+    }
+    let mut meta: HashMap<String, String> = model.metadata()?.into_iter().collect();
+    meta.entry("format".into()).or_insert_with(|| "pt".into());
+    meta.insert(METADATA_KEY.into(), description.to_string());
+    write_raw(out, &entries, meta)?;
+    Ok(())
 }
 
 /// Writes `entries` (names with their dtype, shape and little-endian bytes) and the string

@@ -2,7 +2,7 @@
 //! `.safetensors` files atomically, and the `gbtd` factors file. One file per format:
 //! [`npy`], [`npz`], [`safetensors`] (reading and writing), [`factors`] (the factors-file layout
 //! on top of safetensors) and [`atomic`] (the write-to-temporary-then-rename helper every writer
-//! uses).
+//! uses, and [`check_output_path`], the checks of an output path made before any work).
 //!
 //! # Reading
 //! [`read_tensor`] loads one floating-point tensor, chosen by name where the file holds several:
@@ -45,7 +45,7 @@ pub mod npy;
 pub mod npz;
 pub mod safetensors;
 
-pub use atomic::write_atomic;
+pub use atomic::{check_output_path, write_atomic};
 pub use factors::{AnyFactors, FactorsFile, read_factors, read_factors_any, write_factors};
 pub use npy::write_npy;
 pub use safetensors::{read_safetensors_metadata, write_safetensors};
@@ -76,6 +76,25 @@ pub enum IoError {
         path: PathBuf,
         /// Its parent directory.
         dir: PathBuf,
+    },
+    /// An output's name does not end in the extension of what is written there (nothing was
+    /// written).
+    #[error("{}: {what} must be written to a {expected} file; use a name ending in {expected}", path.display())]
+    OutputExtension {
+        /// The destination.
+        path: PathBuf,
+        /// What would be written there ("the factors", "the report" ...).
+        what: String,
+        /// The extensions accepted, with their dots (`.safetensors`, `.json or .csv`).
+        expected: String,
+    },
+    /// An output names the input file (nothing was written).
+    #[error("{} is the {input_role} file; choose another name", path.display())]
+    OutputIsInput {
+        /// The destination.
+        path: PathBuf,
+        /// What the input is called ("input", "model").
+        input_role: String,
     },
     /// The file name has none of the supported extensions.
     #[error("{}: unknown file type; expected {expected}", path.display())]
