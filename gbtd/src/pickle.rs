@@ -27,6 +27,8 @@
 
 use std::collections::HashMap;
 
+use crate::error::one_line;
+
 /// Errors of the restricted unpickler; each message is one line.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum PickleError {
@@ -180,21 +182,6 @@ impl Callable {
         };
         Ok(c)
     }
-}
-
-/// `s` with control characters (newlines ...) escaped, so that a message built from names in
-/// a file stays on one line.
-pub fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
 }
 
 fn refuse(module: &str, name: &str) -> PickleError {

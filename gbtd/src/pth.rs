@@ -44,7 +44,8 @@ use std::path::Path;
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
-use crate::pickle::{self, Limits, PickleError, StorageDtype, TensorRef, Value, one_line};
+use crate::error::one_line;
+use crate::pickle::{self, Limits, PickleError, StorageDtype, TensorRef, Value};
 
 /// Element type of a checkpoint tensor (torch's dtype).
 pub type DType = StorageDtype;

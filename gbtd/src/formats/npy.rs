@@ -15,6 +15,7 @@ use ndarray_npy::npy::header::{Header, Layout};
 use super::{
     DType, IoError, IoResult, NamedTensor, TensorInfo, checked_len, corrupt, decode, read_bytes, write_atomic,
 };
+use crate::error::one_line;
 use crate::real::Real;
 
 /// The element type and byte order (`true` for big-endian) of a `.npy` descriptor, if readable.
@@ -40,16 +41,6 @@ fn descr_of(header: &Header) -> String {
 /// bytes unless told otherwise; a header this long would describe an array of thousands of
 /// dimensions.
 pub const NPY_MAX_HEADER_LEN: u64 = 1 << 16;
-
-/// One line from a possibly multi-line parser message: lines that only draw the source excerpt
-/// (`  |`, `1 | …`) are dropped, the rest joined with single spaces.
-fn one_line(msg: &str) -> String {
-    msg.lines()
-        .filter(|l| !l.contains('|'))
-        .flat_map(str::split_whitespace)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// Parses the header of a `.npy` stream of at most `available` bytes.
 ///
