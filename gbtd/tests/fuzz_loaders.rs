@@ -1,5 +1,5 @@
 //! Mutation fuzzing of every loader that reads user files: both PyTorch checkpoint formats
-//! (`gbtd::pth`), the restricted pickle reader (`gbtd::pickle`), and `.npy`, `.npz` and
+//! (`gbtd::pth`), the restricted pickle reader (`gbtd::pth::pickle`), and `.npy`, `.npz` and
 //! `.safetensors` through the public `gbtd::formats` functions.
 //!
 //! Starting from valid files (checkpoints written by the pinned torch, the others by gbtd), each
@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gbtd::pickle::{self, Limits};
 use gbtd::pth;
+use gbtd::pth::pickle::{self, Limits};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

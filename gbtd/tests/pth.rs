@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use gbtd::pickle::{self, Limits, PickleError};
+use gbtd::pth::pickle::{self, Limits, PickleError};
 use gbtd::pth::{self, PthData, PthError, PthFormat};
 use ndarray::ArrayD;
 
