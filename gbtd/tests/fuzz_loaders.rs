@@ -12,11 +12,9 @@
 //! `cargo test` runs a fixed seed and a fixed number of cases. `scripts/fuzz_loaders.sh` runs the
 //! same test for a number of seconds (`GBTD_FUZZ_SECONDS`, seed from `GBTD_FUZZ_SEED` or the
 //! clock, printed for reproduction).
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Cursor, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gbtd::pth;
@@ -25,34 +23,11 @@ use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Records the largest single allocation request since the last reset.
-struct Counting;
-
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        PEAK.fetch_max(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// The allocations of concurrent tests would mix: the fuzz tests take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 /// Integers that break size arithmetic.
 const INTERESTING: [u64; 12] = [
@@ -211,10 +186,10 @@ impl Report {
     /// inconsistent result.
     fn case(&mut self, what: &str, input_len: usize, f: impl FnOnce() -> Result<bool, String>) {
         self.cases += 1;
-        PEAK.store(0, Ordering::Relaxed);
+        counting_alloc::reset();
         let t = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(f));
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = counting_alloc::largest();
         let bound = (16 << 20) + 64 * input_len;
         match r {
             Ok(Ok(true)) => self.ok += 1,
@@ -337,7 +312,7 @@ impl Budget {
 
 /// Runs `body` with panic messages silenced, and fails with every recorded problem.
 fn run_quietly(name: &str, body: impl FnOnce(&mut Report)) {
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = counting_alloc::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut report = Report::default();
     {
         // Silence the expected-to-be-caught panics; the guard restores the hook even if the

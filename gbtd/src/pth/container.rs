@@ -4,8 +4,8 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use super::legacy::Legacy;
-use super::pickle::{TensorRef, Value};
-use super::tensors::{parse_pid, select};
+use super::pickle::{Object, TensorRef};
+use super::tensors::{parse_pid, select, storage_pid};
 use super::view::{Entry, Storage, check_view, gather};
 use super::zip::Archive;
 use super::{PthError, PthFormat, PthResult};
@@ -75,12 +75,12 @@ impl<R: Read + Seek> Container<R> {
     pub(super) fn plan(&mut self) -> PthResult<Plan> {
         let object = match &mut self.source {
             Source::Zip(z) => z.object()?,
-            Source::Legacy(l) => l.take_object(),
+            Source::Legacy(l) => l.take_object()?,
         };
-        let (found, wrapper, ignored) = select(&object);
-        let mut entries = Vec::with_capacity(found.len());
-        for (name, t) in found {
-            entries.push(self.entry(name, t)?);
+        let found = select(&object)?;
+        let mut entries = Vec::with_capacity(found.tensors.len());
+        for (name, t) in found.tensors {
+            entries.push(self.entry(&object, name, t)?);
         }
         let stripped_prefix = if !entries.is_empty() && entries.iter().all(|e| e.name.starts_with("module."))
         {
@@ -93,23 +93,20 @@ impl<R: Read + Seek> Container<R> {
         };
         Ok(Plan {
             entries,
-            wrapper,
+            wrapper: found.wrapper,
             stripped_prefix,
-            ignored,
+            ignored: found.ignored,
         })
     }
 
     /// Resolves a tensor's storage and validates its view.
-    fn entry(&mut self, name: String, t: &TensorRef) -> PthResult<Entry> {
+    fn entry(&mut self, object: &Object, name: String, t: &TensorRef) -> PthResult<Entry> {
         let bad = |what: String| PthError::BadTensor {
             name: name.clone(),
             what,
         };
-        let pid = match &t.storage {
-            Value::Persistent(p) => p.as_seq().unwrap_or(&[]),
-            _ => return Err(bad("its storage is not a persistent id".into())),
-        };
-        let (dtype, key, numel, view_offset) = parse_pid(pid).map_err(bad)?;
+        let pid = storage_pid(object, t).ok_or_else(|| bad("its storage is not a persistent id".into()))?;
+        let (dtype, key, numel, view_offset) = parse_pid(object, pid).map_err(bad)?;
         let (avail_bytes, numel) = match &mut self.source {
             Source::Zip(z) => (z.storage_size(&key)?, numel),
             Source::Legacy(l) => {

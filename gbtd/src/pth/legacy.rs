@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 
-use super::pickle::{self, Limits, PickleError, Value};
+use super::pickle::{self, Limits, Object, PickleError, Value};
 use super::tensors::{key_string, storage_dtypes};
 use super::{PthError, PthResult};
 
@@ -18,7 +18,7 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 pub(super) struct Legacy<R> {
     reader: R,
     /// The pickled object (taken out by [`Legacy::take_object`]).
-    object: Value,
+    object: Option<Object>,
     /// Each storage's (byte offset of its data, element count).
     storages: HashMap<String, (u64, u64)>,
 }
@@ -57,28 +57,29 @@ impl<R: Read + Seek> Legacy<R> {
         };
         drop(prefix);
         let [magic, proto, sys, object, keys_value] = values;
-        if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
+        if !matches!(magic.get(magic.root()), Value::BigInt(b) if *b == LEGACY_MAGIC) {
             return Err(PthError::NotCheckpoint(
                 "the first pickle is not torch's magic number".into(),
             ));
         }
-        if proto != Value::Int(1001) {
+        let proto = proto.get(proto.root());
+        if *proto != Value::Int(1001) {
             return Err(PthError::NotCheckpoint(format!(
                 "unsupported legacy protocol version {proto:?} (expected 1001)"
             )));
         }
-        let big_endian = match &sys {
-            Value::Dict(m) => matches!(m.get("little_endian"), Some(Value::Bool(false))),
-            _ => false,
-        };
+        let big_endian = sys.as_dict(sys.root()).is_some_and(|d| {
+            sys.dict_get(d, "little_endian")
+                .is_some_and(|v| *sys.get(v) == Value::Bool(false))
+        });
         let keys: Vec<String> = keys_value
-            .as_seq()
+            .as_seq(keys_value.root())
             .ok_or_else(|| PthError::NotCheckpoint("the storage key list is not a list".into()))?
             .iter()
-            .map(key_string)
+            .map(|&k| key_string(&keys_value, k))
             .collect::<Option<_>>()
             .ok_or_else(|| PthError::NotCheckpoint("a storage key is not a string".into()))?;
-        let dtypes = storage_dtypes(&object);
+        let dtypes = storage_dtypes(&object)?;
         let mut storages = HashMap::new();
         for key in keys {
             let dtype = *dtypes.get(&key).ok_or_else(|| PthError::BadStorage {
@@ -116,15 +117,17 @@ impl<R: Read + Seek> Legacy<R> {
         }
         let legacy = Legacy {
             reader: r,
-            object,
+            object: Some(object),
             storages,
         };
         Ok((legacy, big_endian))
     }
 
-    /// The pickled object, moved out (a second call gets `None`).
-    pub(super) fn take_object(&mut self) -> Value {
-        std::mem::replace(&mut self.object, Value::None)
+    /// The pickled object, moved out (it is read once per opened file).
+    pub(super) fn take_object(&mut self) -> PthResult<Object> {
+        self.object
+            .take()
+            .ok_or_else(|| PthError::NotCheckpoint("the legacy object was already read".into()))
     }
 
     /// The element count of storage `key`.
@@ -156,7 +159,7 @@ impl<R: Read + Seek> Legacy<R> {
 
 /// The five pickles of a legacy stream and the offset after them; `Err(None)` when `b` ends
 /// before they do (read more), `Err(Some(_))` for any other problem.
-fn parse_legacy_pickles(b: &[u8], limits: Limits) -> Result<([Value; 5], u64), Option<PthError>> {
+fn parse_legacy_pickles(b: &[u8], limits: Limits) -> Result<([Object; 5], u64), Option<PthError>> {
     const WHAT: [&str; 5] = [
         "magic number",
         "protocol version",
@@ -165,7 +168,7 @@ fn parse_legacy_pickles(b: &[u8], limits: Limits) -> Result<([Value; 5], u64), O
         "storage keys",
     ];
     let mut pos = 0;
-    let mut out: Vec<Value> = Vec::with_capacity(5);
+    let mut out: Vec<Object> = Vec::with_capacity(5);
     for what in WHAT {
         match pickle::unpickle(&b[pos..], limits) {
             Ok((v, used)) => {
@@ -179,6 +182,6 @@ fn parse_legacy_pickles(b: &[u8], limits: Limits) -> Result<([Value; 5], u64), O
             }
         }
     }
-    let arr: [Value; 5] = out.try_into().expect("five pickles");
+    let arr: [Object; 5] = out.try_into().expect("five pickles");
     Ok((arr, pos as u64))
 }

@@ -18,6 +18,8 @@
 //!
 //! Which tensors are returned, and under which names:
 //! - Names are the dotted paths of the tensors in the pickled object (dict keys, list indices).
+//!   A tensor saved under several names (one object in the pickle, e.g. tied weights) is
+//!   returned under each of them.
 //! - A bare state dict (a dict with tensor values) is returned as is.
 //! - Otherwise, when the top-level dict has a `state_dict`, `model_state_dict`, `model_state` or
 //!   `model` entry that holds tensors (Lightning, timm, torchvision training scripts), only that
@@ -35,6 +37,9 @@
 //! Limits: nothing is allocated from a size the file declares before the bytes are known to be
 //! there (storage sizes are checked against the bytes present, every product is checked for
 //! overflow), and a view may not materialise more than `max(storage elements, 2^20)` elements.
+//! The walk that names the tensors refuses an object that contains itself, nests deeper than 256
+//! containers or reaches its shared values more often than the pickle's size justifies
+//! ([`PthError::BadObject`]).
 //!
 //! Modules, by job: `container` opens a file as either format and plans its tensors, `zip` and
 //! `legacy` read the two formats, [`pickle`] is the restricted unpickler, `tensors` finds the
@@ -95,6 +100,10 @@ pub enum PthError {
     NameRequired { count: usize, available: String },
     #[error("tensor `{}`: {}", one_line(.name), one_line(.what))]
     BadTensor { name: String, what: String },
+    /// The object cannot be walked for its tensors: a reference cycle, nesting deeper than the
+    /// limit, or shared values that would expand beyond it.
+    #[error("{}", one_line(.0))]
+    BadObject(String),
 }
 
 impl From<PickleError> for PthError {

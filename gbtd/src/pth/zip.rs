@@ -5,7 +5,7 @@
 
 use std::io::{Read, Seek};
 
-use super::pickle::{self, Limits, Value};
+use super::pickle::{self, Limits, Object};
 use super::{PthError, PthResult};
 
 /// Largest `data.pkl` accepted (real ones are kilobytes to a few megabytes).
@@ -55,7 +55,7 @@ impl<R: Read + Seek> Archive<R> {
     }
 
     /// The pickled object of `data.pkl`.
-    pub(super) fn object(&mut self) -> PthResult<Value> {
+    pub(super) fn object(&mut self) -> PthResult<Object> {
         let name = format!("{}data.pkl", self.prefix);
         let pkl = read_entry(&mut self.archive, &name, MAX_PICKLE_BYTES, self.file_len)?;
         Ok(pickle::unpickle(&pkl, Limits::for_len(pkl.len()))?.0)

@@ -2,7 +2,7 @@
 //! data constructor re-implemented here ([`Callable`]), and the calls of those constructors.
 
 use super::PickleError;
-use super::value::{Map, Seq, TensorRef, Value, int_seq, take_seq};
+use super::value::{Id, TensorRef, Value};
 use super::vm::Machine;
 
 /// Element types of torch storages (`torch.FloatStorage` ... ; `UntypedStorage` is bytes).
@@ -49,7 +49,7 @@ impl StorageDtype {
 }
 
 /// The allowed globals. Each is a pure constructor re-implemented in Rust.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Callable {
     /// `collections.OrderedDict`: builds an empty [`Value::Dict`].
     OrderedDict,
@@ -121,103 +121,113 @@ fn refuse(module: &str, name: &str) -> PickleError {
 }
 
 impl Machine<'_> {
-    pub(super) fn call_value(&mut self, f: Value, args: Vec<Value>) -> Result<Value, PickleError> {
-        match f {
-            Value::Global(c) => self.call(&c, args),
-            other => Err(self.malformed(format!("call of a {} (not an allowed global)", other.kind()))),
+    /// Calls `f`, which must be an allowed global.
+    pub(super) fn call_value(&mut self, f: Id, args: Vec<Id>) -> Result<Id, PickleError> {
+        match self.obj.get(f) {
+            Value::Global(c) => {
+                let c = c.clone();
+                self.call(&c, args)
+            }
+            other => {
+                let k = other.kind();
+                Err(self.malformed(format!("call of a {k} (not an allowed global)")))
+            }
         }
     }
 
-    /// Runs one allowed constructor on its positional arguments.
-    pub(super) fn call(&mut self, c: &Callable, mut args: Vec<Value>) -> Result<Value, PickleError> {
+    /// Runs one allowed constructor on its positional arguments; the result may be one of them
+    /// (a parameter is its tensor).
+    pub(super) fn call(&mut self, c: &Callable, args: Vec<Id>) -> Result<Id, PickleError> {
         let bad = |m: &Self, what: &str| m.malformed(format!("bad arguments to {c:?}: {what}"));
         match c {
             Callable::OrderedDict => {
-                if args.is_empty() {
-                    Ok(Value::Dict(Map::default()))
-                } else {
+                let dict = self.alloc(Value::Dict(Box::default()))?;
+                if let Some(&items) = args.first() {
                     // OrderedDict([(k, v), ...])
-                    let mut m = Map::default();
-                    for pair in take_seq(args.swap_remove(0)).ok_or_else(|| bad(self, "items"))? {
-                        let mut kv = take_seq(pair).ok_or_else(|| bad(self, "item"))?;
+                    let pairs = self.seq_items(items)?.ok_or_else(|| bad(self, "items"))?;
+                    for pair in pairs {
+                        let kv = self.seq_items(pair)?.ok_or_else(|| bad(self, "item"))?;
                         if kv.len() != 2 {
                             return Err(bad(self, "item is not a pair"));
                         }
-                        let v = kv.pop().unwrap();
-                        let k = kv.pop().unwrap();
-                        m.insert(k, v);
+                        self.set_items(dict, kv)?;
                     }
-                    Ok(Value::Dict(m))
                 }
+                Ok(dict)
             }
             Callable::RebuildTensor => {
                 if args.len() < 4 {
                     return Err(bad(self, "fewer than 4"));
                 }
-                let mut it = args.into_iter();
-                let storage = it.next().unwrap();
-                let offset = it.next().unwrap().as_int().ok_or_else(|| bad(self, "offset"))?;
-                let shape = int_seq(&it.next().unwrap()).ok_or_else(|| bad(self, "size"))?;
-                let stride = int_seq(&it.next().unwrap()).ok_or_else(|| bad(self, "stride"))?;
-                Ok(Value::Tensor(Box::new(TensorRef {
-                    storage,
+                let offset = self.obj.as_int(args[1]).ok_or_else(|| bad(self, "offset"))?;
+                let shape = self.int_seq(args[2]).ok_or_else(|| bad(self, "size"))?;
+                let stride = self.int_seq(args[3]).ok_or_else(|| bad(self, "stride"))?;
+                self.alloc(Value::Tensor(Box::new(TensorRef {
+                    storage: args[0],
                     offset,
                     shape,
                     stride,
                 })))
             }
-            Callable::RebuildParameter => match args.into_iter().next() {
-                Some(t @ Value::Tensor(_)) => Ok(t),
+            Callable::RebuildParameter => match args.first() {
+                Some(&t) if matches!(self.obj.get(t), Value::Tensor(_)) => Ok(t),
                 _ => Err(bad(self, "data is not a tensor")),
             },
             Callable::RebuildFromType => {
                 if args.len() < 3 {
                     return Err(bad(self, "fewer than 3"));
                 }
-                let mut it = args.into_iter();
-                let func = it.next().unwrap();
-                let _ty = it.next().unwrap();
-                let inner = take_seq(it.next().unwrap()).ok_or_else(|| bad(self, "args"))?;
-                match func {
-                    Value::Global(f) if f != Callable::RebuildFromType => self.call(&f, inner),
+                let inner = self.seq_items(args[2])?.ok_or_else(|| bad(self, "args"))?;
+                match self.obj.get(args[0]) {
+                    Value::Global(f) if *f != Callable::RebuildFromType => {
+                        let f = f.clone();
+                        self.call(&f, inner)
+                    }
                     _ => Err(bad(self, "func")),
                 }
             }
-            Callable::Device => match args.first() {
-                Some(Value::Str(s)) => {
-                    let s = match args.get(1).and_then(Value::as_int) {
-                        Some(i) => format!("{s}:{i}"),
-                        None => s.clone(),
-                    };
-                    Ok(Value::Device(s))
-                }
-                _ => Err(bad(self, "device name")),
-            },
-            Callable::Size => {
-                let items = match args.into_iter().next() {
-                    None => Vec::new(),
-                    Some(v) => take_seq(v).ok_or_else(|| bad(self, "sizes"))?,
+            Callable::Device => {
+                let name = args.first().and_then(|&a| self.obj.as_str(a));
+                let index = args.get(1).and_then(|&a| self.obj.as_int(a));
+                let device = match (name, index) {
+                    (Some(s), Some(i)) => format!("{s}:{i}"),
+                    (Some(s), None) => s.to_string(),
+                    (None, _) => return Err(bad(self, "device name")),
                 };
-                Ok(Value::Tuple(Seq::from_vec(items)))
+                self.alloc(Value::Device(device))
+            }
+            Callable::Size => {
+                let items = match args.first() {
+                    None => Vec::new(),
+                    Some(&v) => self.seq_items(v)?.ok_or_else(|| bad(self, "sizes"))?,
+                };
+                self.alloc(Value::Tuple(items))
             }
             Callable::Set => {
-                let items = match args.into_iter().next() {
+                let items = match args.first() {
                     None => Vec::new(),
-                    Some(v) => take_seq(v).ok_or_else(|| bad(self, "items"))?,
+                    Some(&v) => self.seq_items(v)?.ok_or_else(|| bad(self, "items"))?,
                 };
-                Ok(Value::List(Seq::from_vec(items)))
+                self.alloc(Value::List(items))
             }
-            Callable::Encode => match args.first() {
-                Some(Value::Str(s)) => {
-                    // latin-1: each char is one byte.
-                    let b: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
-                    Ok(Value::Bytes(b.ok_or_else(|| bad(self, "not latin-1"))?))
-                }
-                _ => Err(bad(self, "text")),
-            },
+            Callable::Encode => {
+                let text = args.first().and_then(|&a| self.obj.as_str(a));
+                let Some(text) = text else {
+                    return Err(bad(self, "text"));
+                };
+                // latin-1: each char is one byte.
+                let b: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(c as u32).ok()).collect();
+                let b = b.ok_or_else(|| bad(self, "not latin-1"))?;
+                self.alloc(Value::Bytes(b))
+            }
             Callable::TensorType | Callable::Storage(_) => {
                 Err(self.malformed(format!("{c:?} is a type tag here, not a callable")))
             }
         }
+    }
+
+    /// The integers of the list or tuple `id`.
+    fn int_seq(&self, id: Id) -> Option<Vec<i64>> {
+        self.obj.as_seq(id)?.iter().map(|&i| self.obj.as_int(i)).collect()
     }
 }

@@ -1,6 +1,22 @@
-//! The values a state dict's pickle holds.
+//! The value model: an unpickled object is an arena of [`Value`]s that refer to each other by
+//! [`Id`], as Python objects refer to each other by reference. A value fetched from the memo is
+//! the same value (the same `Id`), not a copy; a container filled after it was memoized is seen
+//! filled from everywhere it is referenced; cycles are representable.
 
+use super::Limits;
+use super::keys::{KeyIndex, Keys};
 use super::torch::Callable;
+
+/// A value's place in its [`Object`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(u32);
+
+impl Id {
+    /// The position in the arena.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// A tensor as `_rebuild_tensor_v2` describes it: a view into a storage.
 ///
@@ -9,13 +25,13 @@ use super::torch::Callable;
 /// `stride` count elements, as in torch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorRef {
-    pub storage: Value,
+    pub storage: Id,
     pub offset: i64,
     pub shape: Vec<i64>,
     pub stride: Vec<i64>,
 }
 
-/// A decoded pickle value (only what a state dict contains).
+/// A decoded pickle value (only what a state dict contains); containers hold [`Id`]s.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     None,
@@ -26,122 +42,24 @@ pub enum Value {
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    List(Seq),
-    Tuple(Seq),
-    /// Dicts and `OrderedDict`s, in insertion order (duplicate keys keep the last value).
-    Dict(Map),
+    /// Lists, and sets (kept as lists).
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    /// Dicts and `OrderedDict`s.
+    Dict(Box<Dict>),
     /// An allowed global.
     Global(Callable),
     /// The object a persistent id names (`BINPERSID`), left for the caller to resolve.
-    Persistent(Box<Value>),
+    Persistent(Id),
     /// A rebuilt tensor.
     Tensor(Box<TensorRef>),
     /// `torch.device`.
     Device(String),
 }
 
-/// A list or tuple with its nesting depth and node count kept up to date.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Seq {
-    pub items: Vec<Value>,
-    pub(super) depth: u32,
-    nodes: u64,
-}
-
-/// A dict's items in insertion order, with nesting depth and node count.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Map {
-    pub items: Vec<(Value, Value)>,
-    pub(super) depth: u32,
-    nodes: u64,
-}
-
-impl Seq {
-    pub(super) fn from_vec(items: Vec<Value>) -> Seq {
-        let mut s = Seq::default();
-        for v in items {
-            s.push(v);
-        }
-        s
-    }
-    pub(super) fn push(&mut self, v: Value) {
-        self.depth = self.depth.max(v.depth());
-        self.nodes += v.nodes();
-        self.items.push(v);
-    }
-}
-
-impl Map {
-    pub(super) fn insert(&mut self, k: Value, v: Value) {
-        self.depth = self.depth.max(k.depth()).max(v.depth());
-        self.nodes += k.nodes() + v.nodes();
-        if let Some(slot) = self.items.iter_mut().find(|(key, _)| *key == k) {
-            slot.1 = v;
-        } else {
-            self.items.push((k, v));
-        }
-    }
-
-    /// The value stored under the string key `key`.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.items.iter().find_map(|(k, v)| match k {
-            Value::Str(s) if s == key => Some(v),
-            _ => None,
-        })
-    }
-}
-
 impl Value {
-    /// Nesting depth: 0 for scalars, 1 + the deepest child for containers.
-    pub fn depth(&self) -> u32 {
-        match self {
-            Value::List(s) | Value::Tuple(s) => s.depth + 1,
-            Value::Dict(m) => m.depth + 1,
-            Value::Persistent(v) => v.depth() + 1,
-            Value::Tensor(t) => t.storage.depth() + 1,
-            _ => 0,
-        }
-    }
-
-    /// Number of nodes (this value and everything inside it).
-    pub fn nodes(&self) -> u64 {
-        match self {
-            Value::List(s) | Value::Tuple(s) => s.nodes + 1,
-            Value::Dict(m) => m.nodes + 1,
-            Value::Persistent(v) => v.nodes() + 1,
-            Value::Tensor(t) => t.storage.nodes() + 1 + (t.shape.len() + t.stride.len()) as u64,
-            Value::Str(s) => 1 + s.len() as u64 / 64,
-            Value::Bytes(b) | Value::BigInt(b) => 1 + b.len() as u64 / 64,
-            _ => 1,
-        }
-    }
-
-    /// The integer, if this is an `Int` (or a `Bool`, as Python treats it).
-    pub fn as_int(&self) -> Option<i64> {
-        match self {
-            Value::Int(i) => Some(*i),
-            Value::Bool(b) => Some(*b as i64),
-            _ => None,
-        }
-    }
-
-    /// The string, if this is a `Str`.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The items of a list or tuple.
-    pub fn as_seq(&self) -> Option<&[Value]> {
-        match self {
-            Value::List(s) | Value::Tuple(s) => Some(&s.items),
-            _ => None,
-        }
-    }
-
-    pub(super) fn kind(&self) -> &'static str {
+    /// The Python type name, for messages.
+    pub fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -160,42 +78,136 @@ impl Value {
     }
 }
 
-pub(super) fn set_items(m: &mut Map, items: Vec<Value>) -> Result<(), String> {
-    if !items.len().is_multiple_of(2) {
-        return Err("odd number of items for a dict".into());
-    }
-    let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        m.insert(k, v);
-    }
-    Ok(())
+/// A dict's items in insertion order. Keys compare as Python compares them (`1`, `1.0` and
+/// `True` are one key; see [`super::keys`]); setting an existing key keeps its place and its
+/// first key object and replaces the value, as in Python. Lookups and insertions take constant
+/// time (a hash index of the keys).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Dict {
+    items: Vec<(Id, Id)>,
+    index: KeyIndex,
 }
 
-pub(super) fn take_seq(v: Value) -> Option<Vec<Value>> {
-    match v {
-        Value::List(s) | Value::Tuple(s) => Some(s.items),
-        _ => None,
+impl Dict {
+    /// The `(key, value)` pairs in insertion order.
+    pub fn items(&self) -> &[(Id, Id)] {
+        &self.items
     }
 }
 
-pub(super) fn int_seq(v: &Value) -> Option<Vec<i64>> {
-    v.as_seq()?.iter().map(Value::as_int).collect()
+/// An unpickled object: the arena of every value built, and the root.
+#[derive(Debug, Clone)]
+pub struct Object {
+    values: Vec<Value>,
+    keys: Keys,
+    root: Id,
+    limits: Limits,
 }
 
-/// Decodes a little-endian two's complement integer (LONG1/LONG4 payload).
-pub(super) fn long_value(b: &[u8]) -> Option<Value> {
-    if b.is_empty() {
-        return Some(Value::Int(0));
+impl Object {
+    pub(super) fn new(limits: Limits) -> Self {
+        Object {
+            values: Vec::new(),
+            keys: Keys::default(),
+            root: Id(0),
+            limits,
+        }
     }
-    if b.len() > 16 {
-        return None;
+
+    /// The object the pickle returns.
+    pub fn root(&self) -> Id {
+        self.root
     }
-    let neg = b[b.len() - 1] & 0x80 != 0;
-    let mut buf = [if neg { 0xff } else { 0 }; 16];
-    buf[..b.len()].copy_from_slice(b);
-    let v = i128::from_le_bytes(buf);
-    Some(match i64::try_from(v) {
-        Ok(i) => Value::Int(i),
-        Err(_) => Value::BigInt(b.to_vec()),
-    })
+
+    pub(super) fn set_root(&mut self, root: Id) {
+        self.root = root;
+    }
+
+    /// The limits the object was read under; readers of the object bound their walks by them.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Number of values in the arena.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the arena is empty (never, once a pickle was read).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The value `id` refers to.
+    pub fn get(&self, id: Id) -> &Value {
+        &self.values[id.index()]
+    }
+
+    pub(super) fn get_mut(&mut self, id: Id) -> &mut Value {
+        &mut self.values[id.index()]
+    }
+
+    /// Adds `v` to the arena (the caller accounts for it against the limits).
+    pub(super) fn alloc(&mut self, v: Value) -> Id {
+        let id = Id(u32::try_from(self.values.len()).expect("the node limit keeps ids within u32"));
+        self.values.push(v);
+        id
+    }
+
+    /// The integer, if `id` is an `Int` (or a `Bool`, as Python treats it).
+    pub fn as_int(&self, id: Id) -> Option<i64> {
+        match self.get(id) {
+            Value::Int(i) => Some(*i),
+            Value::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+
+    /// The string, if `id` is a `Str`.
+    pub fn as_str(&self, id: Id) -> Option<&str> {
+        match self.get(id) {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The items, if `id` is a list or a tuple.
+    pub fn as_seq(&self, id: Id) -> Option<&[Id]> {
+        match self.get(id) {
+            Value::List(s) | Value::Tuple(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The dict, if `id` is one.
+    pub fn as_dict(&self, id: Id) -> Option<&Dict> {
+        match self.get(id) {
+            Value::Dict(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The value stored under the string key `key` in `dict`.
+    pub fn dict_get(&self, dict: &Dict, key: &str) -> Option<Id> {
+        let canonical = self.keys.find_str(&self.values, key)?;
+        dict.index.get(canonical).map(|pos| dict.items[pos].1)
+    }
+
+    /// `dict[key] = value` for the dict `dict` (see [`Dict`]); an error names an unhashable key.
+    pub(super) fn dict_set(&mut self, dict: Id, key: Id, value: Id) -> Result<(), String> {
+        let canonical = self.keys.canonical(&self.values, key, self.limits.max_depth)?;
+        match &mut self.values[dict.index()] {
+            Value::Dict(d) => {
+                match d.index.get(canonical) {
+                    Some(pos) => d.items[pos].1 = value,
+                    None => {
+                        d.index.insert(canonical, d.items.len());
+                        d.items.push((key, value));
+                    }
+                }
+                Ok(())
+            }
+            other => Err(format!("SETITEM on a {}", other.kind())),
+        }
+    }
 }
