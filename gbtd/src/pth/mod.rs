@@ -52,7 +52,7 @@ mod legacy;
 pub mod pickle;
 mod tensors;
 mod view;
-mod zip;
+pub(crate) mod zip;
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};

@@ -10,8 +10,21 @@ use super::{PthError, PthResult};
 
 /// Largest `data.pkl` accepted (real ones are kilobytes to a few megabytes).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
-/// Deflate cannot expand data by more than about 1032×.
-const MAX_DEFLATE_RATIO: u64 = 1100;
+/// Deflate's largest possible expansion: one compressed byte inflates to at most 1032 bytes
+/// (a maximal back-reference of 258 bytes costs at least 2 bits). The one such bound of the
+/// crate: `.npz` members are checked against it too.
+pub(crate) const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// The most bytes a zip member of `compressed` stored bytes can inflate to in a file of
+/// `file_len` bytes: its stored bytes (at most the whole file), times [`DEFLATE_MAX_RATIO`]
+/// unless it is stored uncompressed.
+pub(crate) fn max_member_size(compressed: u64, method: ::zip::CompressionMethod, file_len: u64) -> u64 {
+    let compressed = compressed.min(file_len);
+    match method {
+        ::zip::CompressionMethod::Stored => compressed,
+        _ => compressed.saturating_mul(DEFLATE_MAX_RATIO),
+    }
+}
 
 /// An open zip checkpoint.
 pub(super) struct Archive<R> {
@@ -149,15 +162,44 @@ fn check_ratio<R: Read>(
     name: &str,
 ) -> PthResult<()> {
     let packed = f.compressed_size();
-    let ratio = if f.compression() == ::zip::CompressionMethod::Stored {
-        1
-    } else {
-        MAX_DEFLATE_RATIO
-    };
-    if packed > file_len || wanted > packed.saturating_mul(ratio) {
+    if packed > file_len || wanted > max_member_size(packed, f.compression(), file_len) {
         return Err(PthError::Zip(format!(
             "{name} declares more data ({wanted} bytes from {packed} stored) than the {file_len}-byte file holds"
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Write};
+
+    use super::*;
+
+    #[test]
+    fn deflate_reaches_but_never_passes_the_ratio_bound() {
+        // 64 MiB of zeros, deflated at the highest level: the best case for deflate.
+        let data = vec![0u8; 64 << 20];
+        let mut w = ::zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = ::zip::write::SimpleFileOptions::default()
+            .compression_method(::zip::CompressionMethod::Deflated)
+            .compression_level(Some(9))
+            .large_file(true);
+        w.start_file("zeros", opts).unwrap();
+        w.write_all(&data).unwrap();
+        let bytes = w.finish().unwrap().into_inner();
+        let mut archive = ::zip::ZipArchive::new(Cursor::new(&bytes)).unwrap();
+        let f = archive.by_name("zeros").unwrap();
+        let bound = max_member_size(f.compressed_size(), f.compression(), bytes.len() as u64);
+        let ratio = f.size() as f64 / f.compressed_size() as f64;
+        assert!(
+            f.size() <= bound,
+            "{} bytes from {}",
+            f.size(),
+            f.compressed_size()
+        );
+        assert!(ratio > 1000.0, "ratio {ratio}");
+        assert_eq!(max_member_size(10, ::zip::CompressionMethod::Stored, 100), 10);
+        assert_eq!(max_member_size(1000, ::zip::CompressionMethod::Stored, 100), 100);
+    }
 }
