@@ -9,6 +9,9 @@
 //! panic (caught and reported with its case), an abort, or a single allocation larger than
 //! `16 MiB + 64 × input length` (a counting allocator records the largest request).
 //!
+//! The same counting allocator checks that reading a `.npy` file requests the array's buffer
+//! once, not the file's size twice.
+//!
 //! `cargo test` runs a fixed seed and a fixed number of cases. `scripts/fuzz_loaders.sh` runs the
 //! same test for a number of seconds (`GBTD_FUZZ_SECONDS`, seed from `GBTD_FUZZ_SEED` or the
 //! clock, printed for reproduction).
@@ -556,4 +559,69 @@ fn every_bit_flip_of_npy_header_and_npz() {
             }
         }
     });
+}
+
+/// A `.npy` file (format 1.0) of `shape` with descriptor `descr`, holding `data`.
+fn npy_file(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let fortran = if fortran { "True" } else { "False" };
+    let mut dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((dict.len() as u16).to_le_bytes());
+    b.extend(dict.as_bytes());
+    b.extend(data);
+    b
+}
+
+/// `.npy` data goes straight into the array: reading a 16 MiB array requests its own buffer and
+/// less than 1 MiB besides (a read into a buffer then converted would request the file's size
+/// twice), in C and Fortran order and when `f2` widens to `f32`.
+#[test]
+fn reading_npy_allocates_the_array_once() {
+    let _guard = counting_alloc::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [1024, 2048];
+    let count = shape[0] * shape[1];
+    let f64s: Vec<u8> = (0..count).flat_map(|i| (i as f64).to_be_bytes()).collect();
+    let f16s: Vec<u8> = (0..count)
+        .flat_map(|i| half::f16::from_f64((i % 2048) as f64).to_le_bytes())
+        .collect();
+    let cases = [
+        (">f8", false, &f64s, count * 8),
+        (">f8", true, &f64s, count * 8),
+        ("<f2", false, &f16s, count * 4),
+    ];
+    for (descr, fortran, data, array_bytes) in cases {
+        let path = dir.path().join("a.npy");
+        std::fs::write(&path, npy_file(descr, fortran, &shape, data)).unwrap();
+        let (t, total) = counting_alloc::total_of(|| gbtd::formats::read_tensor(&path, None).unwrap());
+        let what = format!("{descr} fortran={fortran}");
+        assert!(
+            total < array_bytes + (1 << 20),
+            "{what}: {total} bytes requested for a {array_bytes}-byte array"
+        );
+        // Element [i, j] is the file's element i + 1024 j (Fortran) or 2048 i + j (C).
+        let at = |i: usize, j: usize| if fortran { i + 1024 * j } else { 2048 * i + j };
+        let expect = |k: usize| {
+            if descr == "<f2" {
+                (k % 2048) as f64
+            } else {
+                k as f64
+            }
+        };
+        for (i, j) in [(0, 0), (1, 0), (0, 1), (1023, 2047), (517, 1234)] {
+            let got = match &t.data {
+                gbtd::formats::AnyTensor::F64(a) => a[[i, j]],
+                gbtd::formats::AnyTensor::F32(a) => a[[i, j]] as f64,
+            };
+            assert_eq!(got, expect(at(i, j)), "{what} [{i}, {j}]");
+        }
+    }
 }
