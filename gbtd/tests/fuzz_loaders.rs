@@ -315,7 +315,6 @@ impl Budget {
 
 /// Runs `body` with panic messages silenced, and fails with every recorded problem.
 fn run_quietly(name: &str, body: impl FnOnce(&mut Report)) {
-    let _guard = counting_alloc::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut report = Report::default();
     {
         // Silence the expected-to-be-caught panics; the guard restores the hook even if the
@@ -388,6 +387,7 @@ torch.save(ck, sys.argv[1] + "/l.pth", _use_new_zipfile_serialization=False)
 
 #[test]
 fn fuzz_pytorch_checkpoints_and_pickles() {
+    let _serial = counting_alloc::serial();
     let Some((zip_seed, legacy_seed)) = torch_seeds() else {
         return;
     };
@@ -463,6 +463,7 @@ fn fuzz_pytorch_checkpoints_and_pickles() {
 
 #[test]
 fn fuzz_npy_npz_safetensors() {
+    let _serial = counting_alloc::serial();
     let dir = tempfile::tempdir().unwrap();
     let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
         (ix[0] * 20 + ix[1] * 5 + ix[2]) as f32 * 0.25
@@ -504,6 +505,7 @@ fn fuzz_npy_npz_safetensors() {
 /// directory's sizes are where oversized allocations came from. Errors must be one line.
 #[test]
 fn every_bit_flip_of_npy_header_and_npz() {
+    let _serial = counting_alloc::serial();
     let dir = tempfile::tempdir().unwrap();
     let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
         (ix[0] * 20 + ix[1] * 5 + ix[2]) as f32 * 0.25
@@ -585,7 +587,7 @@ fn npy_file(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8>
 /// twice), in C and Fortran order and when `f2` widens to `f32`.
 #[test]
 fn reading_npy_allocates_the_array_once() {
-    let _guard = counting_alloc::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = counting_alloc::serial();
     let dir = tempfile::tempdir().unwrap();
     let shape = [1024, 2048];
     let count = shape[0] * shape[1];

@@ -101,11 +101,9 @@ fn million_keys() -> Vec<u8> {
 
 #[test]
 fn a_million_keys_set_by_setitems_read_as_python_reads_them() {
+    let _serial = counting_alloc::serial();
     let p = million_keys();
-    let (obj, total) = {
-        let _serial = counting_alloc::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        counting_alloc::total_of(|| read(&p))
-    };
+    let (obj, total) = counting_alloc::total_of(|| read(&p));
     let d = obj.as_dict(obj.root()).unwrap();
     assert_eq!(d.items().len(), KEYS as usize);
     for (i, &(k, v)) in d.items().iter().enumerate() {
@@ -142,7 +140,7 @@ fn a_million_keys_set_by_setitems_read_as_python_reads_them() {
 
 #[test]
 fn memoized_values_are_shared_as_in_python() {
-    let _serial = counting_alloc::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = counting_alloc::serial();
     let test = "memoized_values_are_shared_as_in_python";
 
     // x = []; 60 times: x = [x, x], both items fetched from the memo.

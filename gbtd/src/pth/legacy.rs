@@ -24,9 +24,10 @@ pub(super) struct Legacy<R> {
 }
 
 impl<R: Read + Seek> Legacy<R> {
-    /// Opens the legacy stream of a `file_len`-byte file (and reads its byte order, `true`:
-    /// big-endian): reads the five legacy pickles from a prefix of the file that doubles until they parse
-    /// (they precede every storage), then walks the storage headers by seeking past the data.
+    /// Opens the legacy stream of a `file_len`-byte file, with its byte order (`true`:
+    /// big-endian): reads the five pickles from a prefix of the file that doubles until they
+    /// parse (they precede every storage), then walks the storage headers by seeking past the
+    /// data.
     pub(super) fn open(mut r: R, file_len: u64) -> PthResult<(Self, bool)> {
         let io = |source| PthError::Io {
             context: "the checkpoint".into(),

@@ -3,13 +3,13 @@
 //!
 //! A test binary includes it with `#[path = "common/counting_alloc.rs"] mod counting_alloc;`
 //! and installs it with `#[global_allocator] static ALLOC: counting_alloc::Counting =
-//! counting_alloc::Counting;`. The counters are global: tests that read them take [`SERIAL`]
-//! first, so that concurrent tests of the same binary do not mix their allocations.
+//! counting_alloc::Counting;`. The counters are global: every test of such a binary takes
+//! [`serial`] first, so that concurrent tests do not mix their allocations.
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The system allocator, counting.
 pub struct Counting;
@@ -17,8 +17,15 @@ pub struct Counting;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 static TOTAL: AtomicUsize = AtomicUsize::new(0);
 
-/// Held by each test that reads the counters.
-pub static SERIAL: Mutex<()> = Mutex::new(());
+/// Held for its whole run by each test of a binary that reads the counters (see [`serial`]).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the binary's test lock: a test that reads the counters, and every test that runs
+/// alongside it in the same binary, holds it from start to end, so that no other test
+/// allocates while one measures.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn record(size: usize) {
     LARGEST.fetch_max(size, Ordering::Relaxed);
