@@ -38,8 +38,7 @@ pub mod ranks;
 pub mod real;
 pub mod tensor;
 pub mod tucker;
-// PyTorch checkpoints: the restricted pickle reader and the two torch.save container formats.
-pub mod pickle;
+// PyTorch checkpoints: the two torch.save container formats and the restricted pickle reader.
 pub mod pth;
 
 pub use decomposition::{Decomposition, Method};

@@ -1,5 +1,5 @@
 //! Mutation fuzzing of every loader that reads user files: both PyTorch checkpoint formats
-//! (`gbtd::pth`), the restricted pickle reader (`gbtd::pickle`), and `.npy`, `.npz` and
+//! (`gbtd::pth`), the restricted pickle reader (`gbtd::pth::pickle`), and `.npy`, `.npz` and
 //! `.safetensors` through the public `gbtd::formats` functions.
 //!
 //! Starting from valid files (checkpoints written by the pinned torch, the others by gbtd), each
@@ -9,50 +9,28 @@
 //! panic (caught and reported with its case), an abort, or a single allocation larger than
 //! `16 MiB + 64 × input length` (a counting allocator records the largest request).
 //!
+//! The same counting allocator checks that reading a `.npy` file requests the array's buffer
+//! once, not the file's size twice.
+//!
 //! `cargo test` runs a fixed seed and a fixed number of cases. `scripts/fuzz_loaders.sh` runs the
 //! same test for a number of seconds (`GBTD_FUZZ_SECONDS`, seed from `GBTD_FUZZ_SEED` or the
 //! clock, printed for reproduction).
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Cursor, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gbtd::pickle::{self, Limits};
 use gbtd::pth;
+use gbtd::pth::pickle::{self, Limits};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Records the largest single allocation request since the last reset.
-struct Counting;
-
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        PEAK.fetch_max(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// The allocations of concurrent tests would mix: the fuzz tests take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 /// Integers that break size arithmetic.
 const INTERESTING: [u64; 12] = [
@@ -211,10 +189,10 @@ impl Report {
     /// inconsistent result.
     fn case(&mut self, what: &str, input_len: usize, f: impl FnOnce() -> Result<bool, String>) {
         self.cases += 1;
-        PEAK.store(0, Ordering::Relaxed);
+        counting_alloc::reset();
         let t = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(f));
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = counting_alloc::largest();
         let bound = (16 << 20) + 64 * input_len;
         match r {
             Ok(Ok(true)) => self.ok += 1,
@@ -337,7 +315,6 @@ impl Budget {
 
 /// Runs `body` with panic messages silenced, and fails with every recorded problem.
 fn run_quietly(name: &str, body: impl FnOnce(&mut Report)) {
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut report = Report::default();
     {
         // Silence the expected-to-be-caught panics; the guard restores the hook even if the
@@ -410,6 +387,7 @@ torch.save(ck, sys.argv[1] + "/l.pth", _use_new_zipfile_serialization=False)
 
 #[test]
 fn fuzz_pytorch_checkpoints_and_pickles() {
+    let _serial = counting_alloc::serial();
     let Some((zip_seed, legacy_seed)) = torch_seeds() else {
         return;
     };
@@ -485,6 +463,7 @@ fn fuzz_pytorch_checkpoints_and_pickles() {
 
 #[test]
 fn fuzz_npy_npz_safetensors() {
+    let _serial = counting_alloc::serial();
     let dir = tempfile::tempdir().unwrap();
     let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
         (ix[0] * 20 + ix[1] * 5 + ix[2]) as f32 * 0.25
@@ -526,6 +505,7 @@ fn fuzz_npy_npz_safetensors() {
 /// directory's sizes are where oversized allocations came from. Errors must be one line.
 #[test]
 fn every_bit_flip_of_npy_header_and_npz() {
+    let _serial = counting_alloc::serial();
     let dir = tempfile::tempdir().unwrap();
     let x = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
         (ix[0] * 20 + ix[1] * 5 + ix[2]) as f32 * 0.25
@@ -581,4 +561,69 @@ fn every_bit_flip_of_npy_header_and_npz() {
             }
         }
     });
+}
+
+/// A `.npy` file (format 1.0) of `shape` with descriptor `descr`, holding `data`.
+fn npy_file(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let fortran = if fortran { "True" } else { "False" };
+    let mut dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((dict.len() as u16).to_le_bytes());
+    b.extend(dict.as_bytes());
+    b.extend(data);
+    b
+}
+
+/// `.npy` data goes straight into the array: reading a 16 MiB array requests its own buffer and
+/// less than 1 MiB besides (a read into a buffer then converted would request the file's size
+/// twice), in C and Fortran order and when `f2` widens to `f32`.
+#[test]
+fn reading_npy_allocates_the_array_once() {
+    let _serial = counting_alloc::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [1024, 2048];
+    let count = shape[0] * shape[1];
+    let f64s: Vec<u8> = (0..count).flat_map(|i| (i as f64).to_be_bytes()).collect();
+    let f16s: Vec<u8> = (0..count)
+        .flat_map(|i| half::f16::from_f64((i % 2048) as f64).to_le_bytes())
+        .collect();
+    let cases = [
+        (">f8", false, &f64s, count * 8),
+        (">f8", true, &f64s, count * 8),
+        ("<f2", false, &f16s, count * 4),
+    ];
+    for (descr, fortran, data, array_bytes) in cases {
+        let path = dir.path().join("a.npy");
+        std::fs::write(&path, npy_file(descr, fortran, &shape, data)).unwrap();
+        let (t, total) = counting_alloc::total_of(|| gbtd::formats::read_tensor(&path, None).unwrap());
+        let what = format!("{descr} fortran={fortran}");
+        assert!(
+            total < array_bytes + (1 << 20),
+            "{what}: {total} bytes requested for a {array_bytes}-byte array"
+        );
+        // Element [i, j] is the file's element i + 1024 j (Fortran) or 2048 i + j (C).
+        let at = |i: usize, j: usize| if fortran { i + 1024 * j } else { 2048 * i + j };
+        let expect = |k: usize| {
+            if descr == "<f2" {
+                (k % 2048) as f64
+            } else {
+                k as f64
+            }
+        };
+        for (i, j) in [(0, 0), (1, 0), (0, 1), (1023, 2047), (517, 1234)] {
+            let got = match &t.data {
+                gbtd::formats::AnyTensor::F64(a) => a[[i, j]],
+                gbtd::formats::AnyTensor::F32(a) => a[[i, j]] as f64,
+            };
+            assert_eq!(got, expect(at(i, j)), "{what} [{i}, {j}]");
+        }
+    }
 }

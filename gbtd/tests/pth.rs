@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use gbtd::pickle::{self, Limits, PickleError};
+use gbtd::pth::pickle::{self, Limits, PickleError};
 use gbtd::pth::{self, PthData, PthError, PthFormat};
 use ndarray::ArrayD;
 
@@ -87,6 +87,18 @@ with zipfile.ZipFile(os.path.join(d, "le.pth")) as zin, zipfile.ZipFile(os.path.
         zout.writestr(info.filename.replace("le/", "bigendian_zip/", 1), data)
 manifest["bigendian_zip.pth"] = {"wrapper": None, "tensors": {
     k: [str(v.dtype).replace("torch.", ""), list(v.shape), ref(v)] for k, v in be.items()}}
+# Shared objects, as torch.save writes them (pickle's memo): a tensor saved under three names, a
+# dict that contains itself, and a dict doubled 40 times (2^40 paths to one tensor).
+tied = torch.randn(2, 3)
+save("tied", {"a": tied, "b": tied, "c": [tied]}, {"a": tied, "b": tied, "c.0": tied}, None)
+cyclic = {"w": torch.ones(2)}
+cyclic["self"] = cyclic
+doubled = {"t": torch.ones(2)}
+for _ in range(40):
+    doubled = {"a": doubled, "b": doubled}
+for fmt in ("zip", "legacy"):
+    for name, obj in (("cyclic", cyclic), ("doubled", doubled)):
+        torch.save(obj, os.path.join(d, "%s_%s.pth" % (name, fmt)), _use_new_zipfile_serialization=(fmt == "zip"))
 # A whole pickled module (not a state dict): refused, with a hint.
 torch.save(torch.nn.Linear(2, 2), os.path.join(d, "module_zip.pth"))
 
@@ -318,6 +330,27 @@ fn malicious_pickles_are_refused_by_name_and_never_run() {
     .unwrap();
     assert!(fx.path.join("PWNED").exists(), "the control payload did not run");
     std::fs::remove_file(fx.path.join("PWNED")).unwrap();
+}
+
+#[test]
+fn shared_tensors_are_read_under_each_name_and_cycles_are_refused() {
+    let Some(fx) = fixtures() else { return };
+    for fmt in ["zip", "legacy"] {
+        let ck = check_file(fx, &format!("tied_{fmt}.pth"));
+        assert_eq!(ck.tensors.len(), 3);
+        assert!(ck.tensors.iter().all(|t| t.data == ck.tensors[0].data));
+        for (file, what) in [("cyclic", "contains itself"), ("doubled", "shared values")] {
+            let path = fx.path.join(format!("{file}_{fmt}.pth"));
+            assert!(std::fs::metadata(&path).unwrap().len() < 4096);
+            for e in [pth::read(&path).unwrap_err(), pth::list(&path).unwrap_err()] {
+                let msg = e.to_string();
+                assert!(
+                    matches!(e, PthError::BadObject(_)) && msg.contains(what),
+                    "{file}_{fmt}: {msg}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -7,15 +7,12 @@ use std::path::Path;
 
 use super::npy::{header_info_from, npy_to_tensor, parse_npy};
 use super::{IoError, IoResult, NamedTensor, TensorInfo, corrupt, name_list, read_bytes};
+use crate::pth::zip::max_member_size;
 
 /// Upper bound on the bytes read from one `.npz` member (and on its declared size): 64 GiB.
 pub const NPZ_MEMBER_LIMIT: u64 = 64 << 30;
 
 type Zip = zip::ZipArchive<std::io::Cursor<Vec<u8>>>;
-
-/// Deflate's largest possible expansion: one compressed byte inflates to at most 1032 bytes
-/// (a maximal back-reference of 258 bytes costs at least 2 bits).
-const DEFLATE_MAX_RATIO: u64 = 1032;
 
 /// The archive and the file's length in bytes.
 fn open_npz(path: &Path) -> IoResult<(Zip, u64)> {
@@ -27,13 +24,9 @@ fn open_npz(path: &Path) -> IoResult<(Zip, u64)> {
 }
 
 /// The most bytes a member can inflate to: its compressed bytes (at most the whole file) times
-/// the compression method's largest ratio (1 for stored members).
+/// deflate's largest ratio (1 for stored members), the bound checkpoints use too.
 fn justified_size(member: &zip::read::ZipFile<'_, std::io::Cursor<Vec<u8>>>, file_len: u64) -> u64 {
-    let compressed = member.compressed_size().min(file_len);
-    match member.compression() {
-        zip::CompressionMethod::Stored => compressed,
-        _ => compressed.saturating_mul(DEFLATE_MAX_RATIO),
-    }
+    max_member_size(member.compressed_size(), member.compression(), file_len)
 }
 
 /// The array names of an `.npz` archive (member names without their `.npy` suffix), in archive

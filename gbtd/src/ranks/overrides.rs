@@ -13,7 +13,7 @@
 //! Only data is read: nothing in the file is executed.
 use std::path::Path;
 
-use crate::error::{GbtdError, Result};
+use crate::error::{GbtdError, Result, one_line};
 use crate::ranks::RankRule;
 
 /// What the overrides file says for one layer.
@@ -150,10 +150,6 @@ fn strip_kind(e: &GbtdError) -> String {
         GbtdError::Options(m) => m.clone(),
         other => other.to_string(),
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
