@@ -4,6 +4,7 @@
 #  1. Debian packages: OpenBLAS/LAPACK for ndarray-linalg, Fashion-MNIST, and the build tools.
 #  2. A project-local virtualenv `.venv` with the pinned Python peers from requirements.txt
 #     (torch 2.13.0 is the libtorch that tch 0.26 links against).
+#  2c. gbtd's Python package (bindings/python), built by maturin and installed into .venv.
 #  3. `.venv/torch`, a stable symlink to the wheel's `site-packages/torch`; `.cargo/config.toml`
 #     points LIBTORCH at it, and build scripts bake its `lib/` into the binaries' rpath.
 #
@@ -65,6 +66,30 @@ elif [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ] \
     exit 1
   fi
   echo "$pkg_want" > "$pkg_stamp"
+fi
+
+# --- 2c. gbtd's Python package (bindings/python), a release build by maturin --------------------------
+# maturin (pinned in requirements.txt) builds the PyO3 extension against this checkout's gbtd crate
+# into target/wheels, and pip installs the wheel into .venv. Rebuilt when the sources it is made of
+# (gbtd/, bindings/python/, the lock file) change: the stamp is a hash of their tracked contents.
+if [ -L .venv ]; then
+  log "gbtd (Python): .venv is shared with another checkout; not reinstalling it from this one"
+else
+  py_want=$( (git ls-files -s gbtd bindings/python Cargo.lock Cargo.toml 2>/dev/null; git diff HEAD -- gbtd bindings/python Cargo.lock Cargo.toml 2>/dev/null) | sha256sum | cut -d' ' -f1)
+  py_stamp=.venv/.gbtd_python.stamp
+  if [ "$(cat "$py_stamp" 2>/dev/null)" != "$py_want" ] \
+    || ! .venv/bin/python -c 'import gbtd._gbtd' >/dev/null 2>&1; then
+    log "building gbtd's Python package (maturin, release; a few minutes the first time)"
+    rm -f target/wheels/gbtd-*.whl
+    if ! out=$(cd bindings/python && ../../.venv/bin/maturin build --release --quiet --auditwheel skip \
+        --interpreter ../../.venv/bin/python --out ../../target/wheels 2>&1); then
+      echo "$out" >&2
+      echo "setup: building gbtd's Python package failed (see above)" >&2
+      exit 1
+    fi
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall target/wheels/gbtd-*.whl
+    echo "$py_want" > "$py_stamp"
+  fi
 fi
 
 # --- 3. stable libtorch path -----------------------------------------------------------------

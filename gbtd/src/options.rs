@@ -53,6 +53,8 @@ pub enum Stage {
     Spectra,
     /// Decomposing a layer's weight.
     Decompose,
+    /// Running a layer and its chain side by side ([`crate::compress::verify`]).
+    Verify,
 }
 
 #[derive(Clone, Copy, Default)]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use gbtd::compress::verify::{VerifyError, VerifyOptions, verify_checkpoint};
 use gbtd::compress::{RawTensor, read_all, writer};
 use gbtd::formats::read_safetensors_metadata;
 use half::{bf16, f16};
@@ -125,4 +126,36 @@ pub fn save(
         .collect::<PyResult<Vec<_>>>()?;
     let meta = metadata.unwrap_or_default();
     detached(py, |_| writer::write_raw(&path, &entries, meta), io_err)
+}
+
+/// `gbtd verify` from Python: every layer that the compressed checkpoint's description lists runs
+/// against the original model's layer on seeded Gaussian input (`batch` images of
+/// `input_size × input_size`); returns the report as JSON text (each layer's kernel error, output
+/// error, its expectation and tolerance, and whether they agree).
+#[pyfunction]
+#[pyo3(signature = (original, compressed, input_size=56, batch=4, seed=0))]
+pub fn verify(
+    py: Python<'_>,
+    original: PathBuf,
+    compressed: PathBuf,
+    input_size: usize,
+    batch: usize,
+    seed: u64,
+) -> PyResult<String> {
+    let opts = VerifyOptions {
+        input_size,
+        batch,
+        seed,
+        max_error: None,
+    };
+    let report = detached(
+        py,
+        |progress| verify_checkpoint(&original, &compressed, &opts, progress),
+        |e| match e {
+            VerifyError::Io(io) => io_err(io),
+            VerifyError::Gbtd(g) => crate::run::gbtd_err(g),
+            other => PyValueError::new_err(other.to_string()),
+        },
+    )?;
+    serde_json::to_string(&report).map_err(|e| PyValueError::new_err(e.to_string()))
 }

@@ -61,6 +61,7 @@ fn _gbtd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(io::load, m)?)?;
     m.add_function(wrap_pyfunction!(io::read_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(io::save, m)?)?;
+    m.add_function(wrap_pyfunction!(io::verify, m)?)?;
     m.add_function(wrap_pyfunction!(compress::compress_layers, m)?)?;
     m.add_function(wrap_pyfunction!(blas_info, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

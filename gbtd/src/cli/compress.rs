@@ -116,7 +116,7 @@ pub fn run(args: &CompressArgs) -> Result<()> {
         {
             bar.set_prefix(match stage {
                 Stage::Spectra => "spectra",
-                Stage::Decompose => "decompose",
+                Stage::Decompose | Stage::Verify => "decompose",
             });
             bar.set_length(count as u64);
             bar.set_position(index as u64);

@@ -5,11 +5,13 @@
 //! exceeds `--max-error`.
 use std::cell::OnceCell;
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use gbtd::compress::verify::{Verdict, VerifyError, VerifyOptions, VerifyReport, verify_checkpoint};
+use gbtd::options::{Event, Progress};
 
 use super::args::VerifyArgs;
 use super::report;
@@ -24,12 +26,23 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
     };
     // Drawn from the first layer on, after the files' checks.
     let bar = OnceCell::new();
-    let progress = |i: usize, n: usize, name: &str| {
-        let bar = bar.get_or_init(|| progress_bar(args.quiet, n));
-        bar.set_position(i as u64);
-        bar.set_message(name.to_string());
+    let progress = |e: Event<'_>| {
+        if let Event::Layer {
+            index, count, name, ..
+        } = e
+        {
+            let bar = bar.get_or_init(|| progress_bar(args.quiet, count));
+            bar.set_position(index as u64);
+            bar.set_message(name.to_string());
+        }
+        ControlFlow::Continue(())
     };
-    let result = verify_checkpoint(&args.original, &args.factorized, &opts, Some(&progress));
+    let result = verify_checkpoint(
+        &args.original,
+        &args.factorized,
+        &opts,
+        Progress::interruptible(&progress),
+    );
     if let Some(bar) = bar.get() {
         bar.finish_and_clear();
     }

@@ -55,6 +55,7 @@ use crate::conv::{Conv2d, conv2d};
 use crate::error::GbtdError;
 use crate::formats::{AnyTensor, DType, IoError, TensorInfo};
 use crate::layers::LayerChain;
+use crate::options::{Progress, Stage};
 use crate::random::{randn, rng};
 use crate::real::Real;
 use crate::tensor::relative_error;
@@ -233,10 +234,6 @@ impl VerifyReport {
             .max_by(|a, b| a.output_error.total_cmp(&b.output_error))
     }
 }
-
-/// Progress callback of [`verify_checkpoint`]: `(layer index from 0, number of layers, layer
-/// name)`, called before each layer.
-pub type VerifyProgress<'a> = &'a dyn Fn(usize, usize, &str);
 
 /// Errors of [`verify_checkpoint`] and [`verify_chain`].
 #[derive(Debug, Error)]
@@ -524,7 +521,7 @@ fn check<T: Real>(
 
 /// Verifies every layer that the description of the compressed checkpoint `factorized` lists
 /// against the original model `original` (see the module documentation), calling
-/// `progress(index, count, layer name)` before each layer. A checkpoint that fails is a report
+/// `progress` before each layer ([`Stage::Verify`]; an interruptible callback may stop it). A checkpoint that fails is a report
 /// whose [`VerifyReport::verdict`] says why, not an error.
 ///
 /// Errors: [`VerifyError::Description`] for a file without a valid description,
@@ -535,7 +532,7 @@ pub fn verify_checkpoint(
     original: &Path,
     factorized: &Path,
     opts: &VerifyOptions,
-    progress: Option<VerifyProgress<'_>>,
+    progress: Progress<'_>,
 ) -> Result<VerifyReport, VerifyError> {
     opts.validate()?;
     let start = Instant::now();
@@ -558,9 +555,7 @@ pub fn verify_checkpoint(
     let n = description.layers.len();
     let mut layers = Vec::with_capacity(n);
     for (k, l) in description.layers.iter().enumerate() {
-        if let Some(p) = progress {
-            p(k, n, &l.name);
-        }
+        progress.layer(Stage::Verify, k, n, &l.name)?;
         let r = files
             .verify_layer(l, &originals, opts)
             .map_err(|e| VerifyError::Layer {

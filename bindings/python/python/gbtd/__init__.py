@@ -55,6 +55,7 @@ __all__ = [
     "cp_to_tensor",
     "load",
     "save",
+    "verify",
     "blas_info",
     "set_num_threads",
     "get_num_threads",
@@ -484,6 +485,19 @@ def save(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -
     atomically."""
     items = [(str(k), np.ascontiguousarray(_numpy_of(v))) for k, v in tensors.items()]
     _gbtd.save(os.fspath(path), items, None if metadata is None else {str(k): str(v) for k, v in metadata.items()})
+
+
+def verify(original: str | os.PathLike, compressed: str | os.PathLike, input_size: int = 56, batch: int = 4, seed: int = 0) -> dict:
+    """``gbtd verify`` in Python: runs every layer that the compressed checkpoint (written by
+    ``gbtd compress`` or :func:`gbtd.torch.save_compressed`) lists, and its original from the model
+    file ``original``, on the same seeded Gaussian input (``batch`` images of ``input_size²``), and
+    compares each layer's output error with its kernel error. Returns the report: per layer
+    ``kernel_error``, ``output_error``, ``expected_output_error`` (the border-weighted kernel error),
+    ``tolerance`` and ``agree``; ``all_agree`` overall. A layer that does not agree has factors that
+    do not compute the kernel they stand for."""
+    import json
+
+    return json.loads(_gbtd.verify(os.fspath(original), os.fspath(compressed), int(input_size), int(batch), int(seed)))
 
 
 def _numpy_of(v):

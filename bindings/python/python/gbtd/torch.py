@@ -116,7 +116,7 @@ def count_macs(model: nn.Module, example_input) -> int:
         nonlocal total
         if isinstance(mod, nn.Conv2d):
             per = mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-            total += per * int(output.shape[-2] * output.shape[-1]) * (output.numel() // output.shape[0] // mod.out_channels // (output.shape[-2] * output.shape[-1]))
+            total += per * int(output.shape[-2] * output.shape[-1])
         else:
             x = inputs[0]
             vectors = int(x.numel() // (x.shape[0] * x.shape[-1])) if x.dim() > 1 else 1
@@ -136,26 +136,34 @@ def count_macs(model: nn.Module, example_input) -> int:
     return total
 
 
-def measure_latency(model: nn.Module, example_input, runs: int = 20, warmup: int = 3, threads: int | None = None) -> float:
+def measure_latency(model, example_input, runs: int = 20, warmup: int = 3, threads: int | None = None):
     """The median wall time (seconds) of ``runs`` forward passes of ``example_input`` in eval mode
     without gradients, after ``warmup`` passes, with ``threads`` intra-op threads (the current
-    setting when ``None``)."""
+    setting when ``None``). Given a list of models, they run in alternation (model 0, model 1, …,
+    ``runs`` rounds), so that a change in the machine's load affects all alike, and the list of
+    their medians is returned."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
-    was_training = model.training
-    model.eval()
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
-        for _ in range(warmup):
-            _forward(model, example_input)
-        times = []
+        for m in models:
+            for _ in range(warmup):
+                _forward(m, example_input)
+        times = [[] for _ in models]
         for _ in range(runs):
-            t0 = time.perf_counter()
-            _forward(model, example_input)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            for m, t in zip(models, times):
+                t0 = time.perf_counter()
+                _forward(m, example_input)
+                t.append(time.perf_counter() - t0)
+        medians = [statistics.median(t) for t in times]
+        return medians if isinstance(model, (list, tuple)) else medians[0]
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, modes):
+            m.train(mode)
         torch.set_num_threads(old)
 
 
@@ -382,8 +390,8 @@ def compress_model(
       ``linear=False`` leaves linear layers alone.
     - ``example_input``: a batch (or tuple of inputs) for one forward pass that gives each
       layer's sizes (real multiply-adds) and its output error; ``benchmark=True`` also times
-      ``benchmark_runs`` forward passes before and after (median), with ``threads`` intra-op
-      threads.
+      ``benchmark_runs`` forward passes of the original and the compressed model in alternation
+      (medians), with ``threads`` intra-op threads.
     - ``n_iter_max``, ``tol``, ``random_state``: each decomposition's sweeps, tolerance and seed.
 
     The original model is left unchanged (a deep copy is compressed) unless ``inplace``. Grouped
@@ -401,6 +409,10 @@ def compress_model(
     sel = re.compile(layers) if layers else None
     rej = re.compile(skip) if skip else None
     original = model
+    if example_input is None and benchmark:
+        raise ValueError("benchmark=True needs an example_input to time")
+    # The uncompressed model, kept for the latency comparison at the end.
+    reference = (copy.deepcopy(model) if inplace else model) if benchmark else None
     model = model if inplace else copy.deepcopy(model)
     chosen = []
     for name, m in model.named_modules():
@@ -417,10 +429,6 @@ def compress_model(
         report.macs_before = count_macs(model, example_input)
         sizes = _record_sizes(model, example_input, [n for n, _ in chosen])
         inputs = _capture_inputs(model, example_input, [n for n, _ in chosen])
-        if benchmark:
-            report.latency_before = measure_latency(model, example_input, benchmark_runs, threads=threads)
-    elif benchmark:
-        raise ValueError("benchmark=True needs an example_input to time")
     metas, weights = [], []
     for name, m in chosen:
         pin, pout = sizes.get(name, (None, None))
@@ -466,7 +474,9 @@ def compress_model(
     if example_input is not None:
         report.macs_after = count_macs(model, example_input)
         if benchmark:
-            report.latency_after = measure_latency(model, example_input, benchmark_runs, threads=threads)
+            report.latency_before, report.latency_after = measure_latency(
+                [reference, model], example_input, benchmark_runs, threads=threads
+            )
     report.seconds = time.perf_counter() - t0
     return model, report
 
