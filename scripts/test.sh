@@ -27,3 +27,6 @@ fi
 cargo test --workspace --all-targets
 echo "== doc tests"
 cargo test --workspace --doc --quiet
+echo "== gbtd's Python package (pytest, against TensorLy, torch and torchvision)"
+# scripts/setup.sh built and installed the package into .venv from this checkout.
+.venv/bin/python -m pytest -q -p no:cacheprovider bindings/python/tests

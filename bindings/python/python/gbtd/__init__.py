@@ -224,8 +224,10 @@ def _modes(modes, ndim: int) -> list:
 
 def _unsupported(**kwargs) -> None:
     for name, (value, default) in kwargs.items():
-        if value is not default and value != default:
-            raise NotImplementedError(f"gbtd does not implement TensorLy's {name}={value!r}")
+        same = value is default or (not hasattr(value, "shape") and isinstance(value, (str, int, float, bool)) and value == default)
+        if not same:
+            shown = f"an array of shape {value.shape}" if hasattr(value, "shape") else repr(value)
+            raise NotImplementedError(f"gbtd does not implement TensorLy's {name}= (got {shown}); leave it at {default!r}")
 
 
 def _check_init(init) -> str:
