@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Time `gbtd decompose` against TensorLy 0.10 on the same tensors (issue 3, "Performance").
+"""Time gbtd against TensorLy 0.10 on the same tensors: `gbtd decompose` as a whole process, and
+gbtd's Python package (`gbtd.tucker`, `gbtd.partial_tucker`, `gbtd.parafac`) called in this same
+process on the same arrays.
 
 Cases (every tensor float64, generated with a fixed seed and written as .npy):
 
@@ -44,17 +46,24 @@ gbtd processes only, e.g. OPENBLAS_CORETYPE=Prescott to time the kernels an unre
 back to, or GBTD_PRETEND_OPENBLAS_CORE=Prescott to time gbtd's fallback path (it then runs itself
 again with the kernels matching the CPU).
 
-Exit status: 0 when every gbtd relative error is within 1% (relative) of TensorLy's, 1 otherwise or
-when a run fails. The speed target of the issue (gbtd >= 5x faster) is reported, not enforced.
+In-process table (--mode in-process or both): TensorLy's function and gbtd's function of the same name
+are called in this process on the same NumPy array, alternating, --repeat times each; both are timed
+around the call; "median" is the median over the pairs of the ratio of their times. gbtd's threads are
+set to --threads (gbtd.set_num_threads). The header names the CPU (vendor, model name, family/model)
+and the OpenBLAS kernel family each side runs.
 
-Usage: .venv/bin/python scripts/compare_tensorly.py [--threads N] [--repeat K] [--cases a,b]
-       [--workdir DIR] [--gbtd PATH] [--no-build] [--unset-openblas-coretype]
-       [--gbtd-env KEY=VALUE ...] [--verbose]
+Exit status: 0 when every gbtd relative error is within 1% (relative) of TensorLy's, 1 otherwise or
+when a run fails. The speed target (gbtd >= 5x faster) is reported, not enforced.
+
+Usage: .venv/bin/python scripts/compare_tensorly.py [--mode process|in-process|both] [--threads N]
+       [--repeat K] [--cases a,b] [--workdir DIR] [--gbtd PATH] [--no-build]
+       [--unset-openblas-coretype] [--gbtd-env KEY=VALUE ...] [--verbose]
 """
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +88,12 @@ def parse_args():
     p.add_argument("--gbtd", default=None, help="gbtd binary (default: target/release/gbtd, built if needed)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build")
     p.add_argument("--verbose", action="store_true", help="also print every run's time, in run order")
+    p.add_argument(
+        "--mode",
+        choices=["process", "in-process", "both"],
+        default="both",
+        help="gbtd as a whole `gbtd decompose` process, gbtd's Python package in this process, or both",
+    )
     p.add_argument(
         "--gbtd-env",
         action="append",
@@ -179,6 +194,86 @@ def run_tensorly(case, x):
     return secs, rel_error(x, rec)
 
 
+def run_gbtd_inprocess(case, x):
+    """gbtd's Python function of TensorLy's name on the same array: (seconds of the call, error)."""
+    import gbtd as g
+
+    _, _, rank, n_iter = CASES[case]
+    ranks = [int(r) for r in rank.split(",")]
+    t0 = time.perf_counter()
+    if case == "tucker2-kernel":
+        (core, factors), _ = g.partial_tucker(x, rank=ranks, modes=[0, 1], n_iter_max=n_iter, init="svd", tol=0)
+        secs = time.perf_counter() - t0
+        rec = multi_mode_dot(core, factors, modes=[0, 1])
+    elif case == "tucker-lowrank":
+        t = g.tucker(x, rank=ranks, n_iter_max=n_iter, init="svd", tol=0)
+        secs = time.perf_counter() - t0
+        rec = tl.tucker_to_tensor(t)
+    else:
+        cp = g.parafac(x, rank=ranks[0], n_iter_max=n_iter, init="svd", tol=0, random_state=0)
+        secs = time.perf_counter() - t0
+        rec = tl.cp_to_tensor(cp)
+    return secs, rel_error(x, rec)
+
+
+def cpu_description():
+    """Vendor, model name and family/model from /proc/cpuinfo."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = (p.strip() for p in line.split(":", 1))
+                    fields.setdefault(k, v)
+    except OSError:
+        return "unknown CPU"
+    return (f"{fields.get('vendor_id', '?')} {fields.get('model name', '?')} "
+            f"(family {fields.get('cpu family', '?')} model {fields.get('model', '?')})")
+
+
+def in_process_table(cases):
+    """The in-process comparison (see the module documentation); returns whether all errors pass."""
+    import gbtd as g
+
+    g.set_num_threads(ARGS.threads)
+    print()
+    print(f"in one process: gbtd {g.__version__} (OpenBLAS {g.blas_info()['core']}, {g.get_num_threads()} threads) "
+          f"vs TensorLy {tl.__version__} (numpy's OpenBLAS {numpy_openblas_core()}); alternating, {ARGS.repeat} runs each")
+    header = f"{'case':<38} {'iters':>5} {'TensorLy s':>11} {'gbtd s':>9} {'median':>8} {'best':>7} " \
+             f"{'TensorLy err':>13} {'gbtd err':>13} {'err diff':>9}"
+    print(header)
+    print("-" * len(header))
+    ok_all = True
+    for case in cases:
+        rng = np.random.default_rng(1000 + CASE_NAMES.index(case))
+        x = make_tensor(case, rng)
+        label, _, _, n_iter = CASES[case]
+        tl_runs, g_runs = [], []
+        for _ in range(ARGS.repeat):
+            tl_runs.append(run_tensorly(case, x))
+            time.sleep(SETTLE_S)
+            g_runs.append(run_gbtd_inprocess(case, x))
+            time.sleep(SETTLE_S)
+        if ARGS.verbose:
+            print(f"  {case} TensorLy s: " + " ".join(f"{s:.3f}" for s, _ in tl_runs))
+            print(f"  {case} gbtd s:     " + " ".join(f"{s:.3f}" for s, _ in g_runs))
+        median = statistics.median(t / s for (t, _), (s, _) in zip(tl_runs, g_runs))
+        best = min(t for t, _ in tl_runs) / min(s for s, _ in g_runs)
+        tl_err, g_err = tl_runs[0][1], g_runs[0][1]
+        diff = (g_err - tl_err) / tl_err
+        ok = g_err <= tl_err * (1 + ERROR_SLACK)
+        ok_all &= ok
+        tl_med = statistics.median(t for t, _ in tl_runs)
+        g_med = statistics.median(s for s, _ in g_runs)
+        flag = "" if ok else "  <-- error more than 1% worse"
+        print(f"{label:<38} {n_iter:>5} {tl_med:>11.3f} {g_med:>9.3f} {median:>7.1f}x {best:>6.1f}x "
+              f"{tl_err:>13.6e} {g_err:>13.6e} {diff:>+9.2%}{flag}")
+    print("-" * len(header))
+    print(f"TensorLy s / gbtd s = medians of the calls; median = median over the alternating pairs of "
+          f"TensorLy s / gbtd s (target >= {SPEED_TARGET:g}x); best = fastest TensorLy / fastest gbtd")
+    return ok_all
+
+
 def gbtd_env():
     """The environment of the gbtd processes: this one plus --gbtd-env."""
     env = dict(os.environ)
@@ -251,6 +346,9 @@ def find_gbtd():
 
 def main():
     sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured, also in a log file
+    print(f"CPU: {cpu_description()}")
+    if ARGS.mode == "in-process":
+        sys.exit(0 if in_process_table(ARGS.cases.split(",")) else 1)
     gbtd = find_gbtd()
     workdir = ARGS.workdir or tempfile.mkdtemp(prefix="gbtd-vs-tensorly-")
     os.makedirs(workdir, exist_ok=True)
@@ -319,6 +417,8 @@ def main():
           f"(fails above +{ERROR_SLACK:.0%})")
     if not ARGS.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
+    if ARGS.mode == "both":
+        failed |= not in_process_table(ARGS.cases.split(","))
     sys.exit(1 if failed else 0)
 
 
