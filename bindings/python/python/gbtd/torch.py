@@ -61,11 +61,6 @@ def _is_layer(m: nn.Module) -> bool:
     return isinstance(m, (nn.Conv2d, nn.Linear))
 
 
-def _batch(example_input) -> int:
-    x = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
-    return int(x.shape[0]) if x.dim() > 0 else 1
-
-
 def _forward(model: nn.Module, example_input):
     with torch.no_grad():
         if isinstance(example_input, (tuple, list)):
@@ -73,27 +68,16 @@ def _forward(model: nn.Module, example_input):
         return model(example_input)
 
 
-def _record_sizes(model: nn.Module, example_input, names: Iterable[str] | None = None) -> dict:
-    """``{name: (input positions, output positions)}`` per sample for every conv and linear
-    layer (or those in ``names``), from one forward pass in eval mode."""
+def _observe(model: nn.Module, example_input, names: Iterable[str] | None, fn) -> None:
+    """One forward pass of ``example_input`` in eval mode, without gradients, calling
+    ``fn(name, module, input, output)`` for every conv and linear layer (or those in ``names``);
+    the model's mode and hooks are restored afterwards."""
     wanted = None if names is None else set(names)
-    sizes: dict = {}
-    hooks = []
-
-    def hook(name):
-        def fn(mod, inputs, output):
-            x = inputs[0]
-            if isinstance(mod, nn.Conv2d):
-                sizes[name] = (int(x.shape[-2] * x.shape[-1]), int(output.shape[-2] * output.shape[-1]))
-            else:
-                n = int(x.numel() // (x.shape[0] * x.shape[-1])) if x.dim() > 1 else 1
-                sizes[name] = (n, n)
-
-        return fn
-
-    for name, m in model.named_modules():
-        if _is_layer(m) and (wanted is None or name in wanted):
-            hooks.append(m.register_forward_hook(hook(name)))
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, name=name: fn(name, mod, i[0], o))
+        for name, m in model.named_modules()
+        if _is_layer(m) and (wanted is None or name in wanted)
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -102,6 +86,22 @@ def _record_sizes(model: nn.Module, example_input, names: Iterable[str] | None =
         model.train(was_training)
         for h in hooks:
             h.remove()
+
+
+def _positions(mod: nn.Module, x: torch.Tensor, output: torch.Tensor) -> tuple:
+    """Positions per sample at a layer's input and output: ``H·W`` for a conv, the number of
+    vectors mapped for a linear layer."""
+    if isinstance(mod, nn.Conv2d):
+        return int(x.shape[-2] * x.shape[-1]), int(output.shape[-2] * output.shape[-1])
+    n = int(x.numel() // (x.shape[0] * x.shape[-1])) if x.dim() > 1 else 1
+    return n, n
+
+
+def _record_sizes(model: nn.Module, example_input, names: Iterable[str] | None = None) -> dict:
+    """``{name: (input positions, output positions)}`` per sample for every conv and linear
+    layer (or those in ``names``), from one forward pass in eval mode."""
+    sizes: dict = {}
+    _observe(model, example_input, names, lambda name, mod, x, y: sizes.__setitem__(name, _positions(mod, x, y)))
     return sizes
 
 
@@ -110,29 +110,16 @@ def count_macs(model: nn.Module, example_input) -> int:
     (one forward pass): ``out_channels·(in_channels/groups)·kh·kw`` per output position of a conv,
     ``in_features·out_features`` per vector of a linear layer — torchvision's count."""
     total = 0
-    hooks = []
 
-    def fn(mod, inputs, output):
+    def add(name, mod, x, y):
         nonlocal total
+        _, out_positions = _positions(mod, x, y)
         if isinstance(mod, nn.Conv2d):
-            per = mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-            total += per * int(output.shape[-2] * output.shape[-1])
+            total += mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1] * out_positions
         else:
-            x = inputs[0]
-            vectors = int(x.numel() // (x.shape[0] * x.shape[-1])) if x.dim() > 1 else 1
-            total += mod.in_features * mod.out_features * vectors
+            total += mod.in_features * mod.out_features * out_positions
 
-    for m in model.modules():
-        if _is_layer(m):
-            hooks.append(m.register_forward_hook(fn))
-    was_training = model.training
-    model.eval()
-    try:
-        _forward(model, example_input)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    _observe(model, example_input, None, add)
     return total
 
 
@@ -484,19 +471,7 @@ def compress_model(
 def _capture_inputs(model: nn.Module, example_input, names: Sequence[str]) -> dict:
     """The input each named layer receives on ``example_input`` (eval mode)."""
     got: dict = {}
-    hooks = []
-    wanted = set(names)
-    for name, m in model.named_modules():
-        if name in wanted:
-            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: got.__setitem__(name, i[0].detach())))
-    was_training = model.training
-    model.eval()
-    try:
-        _forward(model, example_input)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    _observe(model, example_input, names, lambda name, mod, x, y: got.__setitem__(name, x.detach()))
     return got
 
 
