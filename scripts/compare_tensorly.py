@@ -71,6 +71,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE_NAMES = ["tucker2-kernel", "cp-kernel", "tucker-lowrank", "cp-lowrank"]
+# Real-shaped kernels at high ranks (a half and an eighth of the dimensions): the common case of
+# compressing a network's 1×1 and 3×3 convs. Not in the default list (--cases all includes them).
+EXTRA_CASES = ["t2-1x1-half", "t2-1x1-eighth", "t2-3x3-half", "t2-3x3-eighth"]
 SPEED_TARGET = 5.0
 # Pause after each timed run. OpenBLAS's idle worker threads spin (sched_yield) for about 0.1 s after
 # a threaded call before they sleep; numpy's, in this process, would otherwise still be spinning on
@@ -83,7 +86,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads for both sides")
     p.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest counts")
-    p.add_argument("--cases", default=",".join(CASE_NAMES), help="comma-separated subset of " + ",".join(CASE_NAMES))
+    p.add_argument("--cases", default=",".join(CASE_NAMES),
+                   help="comma-separated subset of " + ",".join(CASE_NAMES + EXTRA_CASES) + ", or 'all'")
     p.add_argument("--workdir", default=None, help="where the .npy files go (default: a temporary directory)")
     p.add_argument("--gbtd", default=None, help="gbtd binary (default: target/release/gbtd, built if needed)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build")
@@ -107,9 +111,11 @@ def parse_args():
         help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for both sides",
     )
     args = p.parse_args()
+    if args.cases == "all":
+        args.cases = ",".join(CASE_NAMES + EXTRA_CASES)
     for c in args.cases.split(","):
-        if c not in CASE_NAMES:
-            p.error(f"unknown case '{c}'; choose from {', '.join(CASE_NAMES)}")
+        if c not in CASE_NAMES + EXTRA_CASES:
+            p.error(f"unknown case '{c}'; choose from {', '.join(CASE_NAMES + EXTRA_CASES)} or all")
     if args.threads < 1 or args.repeat < 1:
         p.error("--threads and --repeat must be >= 1")
     for kv in args.gbtd_env:
@@ -153,6 +159,10 @@ def orth(rng, n, r):
 
 
 def make_tensor(case, rng):
+    if case.startswith("t2-1x1"):
+        return rng.standard_normal((1280, 320, 1, 1)) * np.sqrt(2.0 / 320)
+    if case.startswith("t2-3x3"):
+        return rng.standard_normal((512, 512, 3, 3)) * np.sqrt(2.0 / (512 * 9))
     if case == "tucker2-kernel":
         return rng.standard_normal((512, 512, 3, 3)) * np.sqrt(2.0 / (512 * 9))
     if case == "cp-kernel":
@@ -172,6 +182,10 @@ CASES = {
     "cp-kernel": ("CP 64 of (256,256,3,3)", "cp", "64", 25),
     "tucker-lowrank": ("Tucker (10,10,10) of 100^3", "tucker", "10,10,10", 20),
     "cp-lowrank": ("CP 10 of 100^3", "cp", "10", 100),
+    "t2-1x1-half": ("Tucker-2 (640,160) of (1280,320,1,1)", "tucker2", "640,160", 10),
+    "t2-1x1-eighth": ("Tucker-2 (160,40) of (1280,320,1,1)", "tucker2", "160,40", 10),
+    "t2-3x3-half": ("Tucker-2 (256,256) of (512,512,3,3)", "tucker2", "256,256", 10),
+    "t2-3x3-eighth": ("Tucker-2 (64,64) of (512,512,3,3)", "tucker2", "64,64", 10),
 }
 
 
@@ -179,7 +193,7 @@ def run_tensorly(case, x):
     _, _, rank, n_iter = CASES[case]
     ranks = [int(r) for r in rank.split(",")]
     t0 = time.perf_counter()
-    if case == "tucker2-kernel":
+    if CASES[case][1] == "tucker2":
         (core, factors), _ = partial_tucker(x, rank=ranks, modes=[0, 1], n_iter_max=n_iter, init="svd", tol=0)
         secs = time.perf_counter() - t0
         rec = multi_mode_dot(core, factors, modes=[0, 1])
@@ -201,7 +215,7 @@ def run_gbtd_inprocess(case, x):
     _, _, rank, n_iter = CASES[case]
     ranks = [int(r) for r in rank.split(",")]
     t0 = time.perf_counter()
-    if case == "tucker2-kernel":
+    if CASES[case][1] == "tucker2":
         (core, factors), _ = g.partial_tucker(x, rank=ranks, modes=[0, 1], n_iter_max=n_iter, init="svd", tol=0)
         secs = time.perf_counter() - t0
         rec = multi_mode_dot(core, factors, modes=[0, 1])
@@ -245,7 +259,7 @@ def in_process_table(cases):
     print("-" * len(header))
     ok_all = True
     for case in cases:
-        rng = np.random.default_rng(1000 + CASE_NAMES.index(case))
+        rng = np.random.default_rng(1000 + (CASE_NAMES + EXTRA_CASES).index(case))
         x = make_tensor(case, rng)
         label, _, _, n_iter = CASES[case]
         tl_runs, g_runs = [], []
@@ -371,7 +385,7 @@ def main():
     print("-" * len(header))
     failed = False
     for i, case in enumerate(ARGS.cases.split(",")):
-        rng = np.random.default_rng(1000 + CASE_NAMES.index(case))
+        rng = np.random.default_rng(1000 + (CASE_NAMES + EXTRA_CASES).index(case))
         x = make_tensor(case, rng)
         path = os.path.join(workdir, case + ".npy")
         np.save(path, x)
